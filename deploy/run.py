@@ -1,0 +1,63 @@
+"""``make run``: the local stack plus every service, until Ctrl-C.
+
+Ports come from IMGPIPE_STACK_*_PORT (servers) and the services' defaults
+(ingest 8000, status 8001, processors 8002/8012, notifier 8003, aggregator 8004).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from deploy import services
+from deploy.localstack import stack_from_env
+from deploy.procs import StackError
+
+log = logging.getLogger("run")
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    data = Path(os.environ.get("IMGPIPE_DATA_DIR", ".data"))
+    stack = stack_from_env(data / "stack")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    running = None
+    try:
+        log.info("starting the local stack (S3, Kafka, MongoDB APIs) in %s ...", data / "stack")
+        state = stack.up()
+        env = {**state.env(), "IMGPIPE_FETCH_ALLOW_NETWORKS": os.environ.get(
+            "IMGPIPE_FETCH_ALLOW_NETWORKS", "127.0.0.0/8")}
+        ports = services.ServicePorts()
+        log.info("starting the services (logs in %s) ...", data / "logs")
+        running = services.start(services.plan(env, ports, processors=int(
+            os.environ.get("IMGPIPE_PROCESSORS", "2"))), log_dir=data / "logs")
+        sys.stdout.write(
+            "\nimgpipe is running. Press Ctrl-C to stop everything.\n"
+            f"  Upload page + API:  http://127.0.0.1:{ports.ingest}/  (docs: /docs)\n"
+            f"  Status API:         http://127.0.0.1:{ports.status}/docs\n"
+            f"  Kafka API:          {env['IMGPIPE_KAFKA_BOOTSTRAP']}\n"
+            f"  MongoDB API:        {env['IMGPIPE_MONGO_URI']}\n"
+            f"  S3 API:             http://{env['IMGPIPE_S3_ENDPOINT']}  "
+            f"(keys in {data / 'stack' / 'credentials.json'})\n\n")
+        sys.stdout.flush()
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    except StackError as exc:
+        log.error("error: %s", exc)
+        return 1
+    finally:
+        log.info("stopping ...")
+        if running:
+            running.stop()
+        stack.down()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,134 @@
+"""Per-request bookkeeping in MongoDB, safe under at-least-once delivery.
+
+Each URL position has one ``images`` document whose ``_id`` is the position
+(request, serial, index): inserting it is the guard that makes counting
+idempotent. Only the consumer whose insert succeeded increments the request's
+counters. If a crash hits between the insert and the increment, the event is
+re-delivered, the insert finds a duplicate, and the counters are recounted
+from the ``images`` documents (``$max``, so a concurrent increment is never
+undone). The request moves to a terminal state with one conditional update
+that only one caller can win; the winner publishes request-completed, and
+``completion_published`` lets a re-delivery finish a publication cut short.
+Nothing here depends on Faust table state.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from pymongo import ReturnDocument
+from pymongo.errors import DuplicateKeyError
+
+from shared.events import ImageDone, RequestCompleted, RequestCreated, now_utc
+from shared.logs import request_id_var
+from shared.mongo import TERMINAL_STATUSES, Store, position_id, product_id
+
+log = logging.getLogger(__name__)
+Publish = Callable[[RequestCompleted], Awaitable[None]]
+
+
+async def record_request_created(store: Store, ev: RequestCreated) -> None:
+    """Ingest writes the request itself; this re-creates it on a replay into an
+    empty database (``$setOnInsert`` only: never overwrites live state)."""
+    now = now_utc()
+    await store.requests.update_one({"_id": ev.request_id}, {"$setOnInsert": {
+        "accepted": True, "status": "QUEUED", "product_count": ev.product_count,
+        "image_count": ev.image_count, "succeeded": 0, "failed": 0,
+        "webhook_url": ev.webhook_url,
+        "webhook": {"status": "pending" if ev.webhook_url else "none", "attempts": 0},
+        "filename": ev.source_filename, "created_at": ev.created_at, "updated_at": now,
+        "completed_at": None, "output_csv_url": None, "completion_published": False,
+    }}, upsert=True)
+
+
+async def record_image_done(store: Store, ev: ImageDone, publish: Publish) -> None:
+    request_id_var.set(ev.request_id)
+    now = now_utc()
+    doc = image_doc(ev, now)
+    try:
+        await store.images.insert_one(doc)
+        first = True
+    except DuplicateKeyError:
+        first = False
+    # Idempotent either way: the output URL of this position (None if failed).
+    await store.products.update_one(
+        {"_id": product_id(ev.request_id, ev.serial)},
+        {"$set": {f"output_urls.{ev.position}": ev.output_url}})
+    if first:
+        field = "succeeded" if ev.status == "succeeded" else "failed"
+        request = await store.requests.find_one_and_update(
+            {"_id": ev.request_id},
+            [{"$set": {
+                field: {"$add": [f"${field}", 1]},
+                "status": {"$cond": [{"$eq": ["$status", "QUEUED"]}, "PROCESSING", "$status"]},
+                "started_at": {"$ifNull": ["$started_at", now]},
+                "updated_at": now,
+            }}],
+            return_document=ReturnDocument.AFTER)
+    else:
+        log.info("duplicate image-done for %s; recounting", doc["_id"])
+        request = await recount(store, ev.request_id)
+    if request is None:
+        log.warning("image-done for unknown request %s ignored", ev.request_id)
+        return
+    await maybe_complete(store, request, publish)
+
+
+def image_doc(ev: ImageDone, now: Any) -> dict[str, Any]:
+    return {
+        "_id": position_id(ev.request_id, ev.serial, ev.position),
+        "request_id": ev.request_id, "image_id": ev.image_id, "serial": ev.serial,
+        "position": ev.position, "input_url": ev.url, "status": ev.status,
+        "output_url": ev.output_url, "error_code": ev.error_code,
+        "error_message": ev.error_message, "bytes_in": ev.bytes_in, "bytes_out": ev.bytes_out,
+        "quality_in": ev.quality_in, "quality_out": ev.quality_out,
+        "quality_method": ev.quality_method, "source_format": ev.source_format,
+        "output_format": ev.output_format, "kept_original": ev.kept_original,
+        "source": ev.source, "processed_at": ev.occurred_at, "recorded_at": now,
+    }
+
+
+async def recount(store: Store, request_id: str) -> dict[str, Any] | None:
+    counts = {"succeeded": 0, "failed": 0}
+    cursor = await store.images.aggregate([
+        {"$match": {"request_id": request_id}},
+        {"$group": {"_id": "$status", "n": {"$sum": 1}}},
+    ])
+    async for row in cursor:
+        if row["_id"] in counts:
+            counts[row["_id"]] = row["n"]
+    return await store.requests.find_one_and_update(
+        {"_id": request_id}, {"$max": counts}, return_document=ReturnDocument.AFTER)
+
+
+def terminal_status(succeeded: int, failed: int) -> str:
+    if failed == 0:
+        return "COMPLETED"
+    return "FAILED" if succeeded == 0 else "COMPLETED_WITH_ERRORS"
+
+
+async def maybe_complete(store: Store, request: dict[str, Any], publish: Publish) -> None:
+    succeeded, failed = request["succeeded"], request["failed"]
+    if succeeded + failed < request["image_count"]:
+        return
+    status = request["status"]
+    if status not in TERMINAL_STATUSES:
+        status = terminal_status(succeeded, failed)
+        won = await store.requests.update_one(
+            {"_id": request["_id"], "status": {"$nin": list(TERMINAL_STATUSES)}},
+            {"$set": {"status": status, "completed_at": now_utc(), "updated_at": now_utc()}})
+        if won.modified_count == 0:
+            return  # another consumer finished it and publishes
+        log.info("request finished: %s (%s ok, %s failed)", status, succeeded, failed)
+    elif request.get("completion_published"):
+        return
+    fresh = await store.requests.find_one({"_id": request["_id"]})
+    assert fresh is not None
+    await publish(RequestCompleted(
+        request_id=fresh["_id"], status=fresh["status"], total=fresh["image_count"],
+        succeeded=fresh["succeeded"], failed=fresh["failed"],
+        completed_at=fresh["completed_at"] or now_utc()))
+    await store.requests.update_one({"_id": fresh["_id"]},
+                                    {"$set": {"completion_published": True}})

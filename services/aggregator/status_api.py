@@ -1,0 +1,162 @@
+"""The status API: progress and results of a request, read from MongoDB."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel
+
+from services.aggregator.settings import Settings
+from shared.logs import setup_logging
+from shared.mongo import TERMINAL_STATUSES, Store, make_client
+from shared.outputcsv import iter_output_csv
+
+
+class Failure(BaseModel):
+    serial: int
+    position: int
+    url: str
+    error_code: str | None
+    error_message: str | None
+
+
+class Webhook(BaseModel):
+    url: str | None
+    status: str
+    attempts: int = 0
+    last_error: str | None = None
+    delivered_at: datetime | None = None
+
+
+class RequestStatus(BaseModel):
+    request_id: str
+    status: str
+    product_count: int
+    image_count: int
+    succeeded: int
+    failed: int
+    processed: int
+    progress: float
+    created_at: datetime
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    updated_at: datetime | None = None
+    output_csv_url: str | None = None
+    failures: list[Failure]
+    failure_count: int
+    webhook: Webhook
+
+
+class ProductOut(BaseModel):
+    serial: int
+    name: str
+    input_urls: list[str]
+    output_urls: list[str | None]
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    s = settings or Settings()
+    setup_logging("status-api", s.log_level)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        client = make_client(s)
+        app.state.store = Store.from_client(client, s)
+        try:
+            yield
+        finally:
+            await client.close()
+
+    app = FastAPI(title="imgpipe status API", version="1.0", lifespan=lifespan,
+                  description="Progress, results and output CSV of an upload request.")
+
+    async def load(request: Request, request_id: str) -> dict[str, Any]:
+        doc = await request.app.state.store.requests.find_one(
+            {"_id": request_id, "accepted": True})
+        if doc is None:
+            raise HTTPException(404, detail={
+                "code": "request_not_found",
+                "message": f"no request with id {request_id!r}: check the id returned "
+                           "by the upload"})
+        return doc  # type: ignore[no-any-return]
+
+    @app.get("/health", tags=["ops"])
+    async def health(request: Request) -> JSONResponse:
+        try:
+            await request.app.state.store.db.command("ping")
+        except Exception as exc:
+            return JSONResponse({"ok": False, "mongo": repr(exc)}, status_code=503)
+        return JSONResponse({"ok": True, "service": "status-api"})
+
+    @app.get("/api/v1/requests/{request_id}", response_model=RequestStatus, tags=["requests"],
+             responses={404: {"description": "unknown request id"}})
+    async def get_status(request: Request, request_id: str) -> RequestStatus:
+        """Status, counts, progress, failures and (when finished) the output CSV URL."""
+        doc = await load(request, request_id)
+        store: Store = request.app.state.store
+        failures = [Failure(serial=f["serial"], position=f["position"], url=f["input_url"],
+                            error_code=f.get("error_code"),
+                            error_message=f.get("error_message"))
+                    async for f in store.images.find(
+                        {"request_id": request_id, "status": "failed"}
+                    ).sort([("serial", 1), ("position", 1)]).limit(s.failures_listed)]
+        processed = doc["succeeded"] + doc["failed"]
+        total = doc["image_count"]
+        hook = doc.get("webhook") or {}
+        return RequestStatus(
+            request_id=doc["_id"], status=doc["status"], product_count=doc["product_count"],
+            image_count=total, succeeded=doc["succeeded"], failed=doc["failed"],
+            processed=processed, progress=round(processed / total, 4) if total else 1.0,
+            created_at=doc["created_at"], started_at=doc.get("started_at"),
+            completed_at=doc.get("completed_at"), updated_at=doc.get("updated_at"),
+            output_csv_url=doc.get("output_csv_url"), failures=failures,
+            failure_count=doc["failed"],
+            webhook=Webhook(url=doc.get("webhook_url"), status=hook.get("status", "none"),
+                            attempts=hook.get("attempts", 0),
+                            last_error=hook.get("last_error"),
+                            delivered_at=hook.get("delivered_at")))
+
+    @app.get("/api/v1/requests/{request_id}/products", response_model=list[ProductOut],
+             tags=["requests"])
+    async def get_products(request: Request, request_id: str,
+                           offset: int = Query(0, ge=0),
+                           limit: int = Query(100, ge=1, le=1000)) -> list[ProductOut]:
+        """Product rows in input order, with output URLs as far as processed."""
+        await load(request, request_id)
+        cursor = request.app.state.store.products.find({"request_id": request_id}).sort(
+            "row", 1).skip(offset).limit(limit)
+        return [ProductOut(serial=p["serial"], name=p["name"], input_urls=p["input_urls"],
+                           output_urls=p["output_urls"]) async for p in cursor]
+
+    @app.get("/api/v1/requests/{request_id}/output.csv", tags=["requests"],
+             response_class=StreamingResponse,
+             responses={200: {"content": {"text/csv": {}}}, 409: {"description": "not done"}})
+    async def get_output_csv(request: Request, request_id: str) -> StreamingResponse:
+        """The output CSV, built live from the database once the request is finished."""
+        doc = await load(request, request_id)
+        if doc["status"] not in TERMINAL_STATUSES:
+            raise HTTPException(409, detail={
+                "code": "not_finished",
+                "message": f"the request is {doc['status']}: try again when it is finished"})
+        return StreamingResponse(
+            iter_output_csv(request.app.state.store, request_id), media_type="text/csv",
+            headers={"Content-Disposition": f'attachment; filename="{request_id}.csv"'})
+
+    return app
+
+
+def run() -> None:
+    import uvicorn
+
+    s = Settings()
+    uvicorn.run(create_app(s), host=s.status_host, port=s.status_port,
+                log_level=s.log_level.lower(), timeout_graceful_shutdown=10)
+
+
+if __name__ == "__main__":
+    run()

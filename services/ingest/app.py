@@ -1,0 +1,159 @@
+"""Ingest API wiring: the FastAPI app, its lifespan (clients) and routes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Header, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.datastructures import UploadFile
+
+from services.ingest.handlers import (
+    Accepted,
+    CsvRejected,
+    Deps,
+    IdempotencyConflict,
+    WebhookRejected,
+    accept_upload,
+)
+from services.ingest.settings import Settings
+from shared.kafka import EventPublisher, ensure_topics
+from shared.logs import setup_logging
+from shared.mongo import Store, make_client
+
+CSV_TYPES = {"text/csv", "application/csv", "text/plain", "application/vnd.ms-excel",
+             "text/tab-separated-values", "text/x-csv", "application/octet-stream", ""}
+
+
+class Issue(BaseModel):
+    line: int | None
+    column: str | None
+    code: str
+    message: str
+    value: str | None = None
+
+
+class AcceptedOut(BaseModel):
+    request_id: str
+    status_url: str
+    product_count: int
+    image_count: int
+    warnings: list[Issue] = []
+    warning_count: int = 0
+
+
+class ErrorsOut(BaseModel):
+    errors: list[Issue]
+    error_count: int
+
+
+def problem(status: int, code: str, message: str, column: str | None = None) -> JSONResponse:
+    body = {"errors": [{"line": None, "column": column, "code": code, "message": message}],
+            "error_count": 1}
+    return JSONResponse(body, status_code=status)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    s = settings or Settings()
+    setup_logging("ingest", s.log_level)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        client = make_client(s)
+        store = Store.from_client(client, s)
+        await store.ensure_indexes()
+        await ensure_topics(s)
+        publisher = EventPublisher(s, client_id="imgpipe-ingest")
+        await publisher.start()
+        app.state.deps = Deps(s, store, publisher)
+        try:
+            yield
+        finally:
+            await publisher.stop()
+            await client.close()
+
+    app = FastAPI(title="imgpipe ingest API", version="1.0",
+                  description="Upload a product-image CSV; get a request id back at once.",
+                  lifespan=lifespan)
+
+    @app.get("/health", tags=["ops"])
+    async def health(request: Request) -> JSONResponse:
+        deps: Deps = request.app.state.deps
+        try:
+            await deps.store.db.command("ping")
+        except Exception as exc:
+            return JSONResponse({"ok": False, "mongo": repr(exc)}, status_code=503)
+        return JSONResponse({"ok": True, "service": "ingest"})
+
+    @app.post("/api/v1/requests", status_code=202, response_model=AcceptedOut, tags=["requests"],
+              responses={413: {"model": ErrorsOut}, 415: {"model": ErrorsOut},
+                         422: {"model": ErrorsOut}, 409: {"model": ErrorsOut}},
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "multipart/form-data": {"schema": {
+                      "type": "object", "required": ["file"],
+                      "properties": {
+                          "file": {"type": "string", "format": "binary",
+                                   "description": "The CSV (S. No., Product Name, "
+                                                  "Input Image Urls)"},
+                          "webhook_url": {"type": "string", "format": "uri",
+                                          "description": "Called once when every image "
+                                                         "is done"}}}}}}})
+    async def create_request(
+        request: Request,
+        idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    ) -> Any:
+        """Validate the CSV (all errors at once) and queue every image for processing."""
+        deps: Deps = request.app.state.deps
+        length = int(request.headers.get("content-length") or 0)
+        if length > s.max_upload_bytes + 64 * 1024:
+            return too_large(s)
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            return problem(415, "unsupported_media_type",
+                           "send the CSV as multipart/form-data in a field named 'file'")
+        async with request.form(max_files=1, max_fields=10) as form:
+            upload = form.get("file")
+            if not isinstance(upload, UploadFile):
+                return problem(422, "file_missing",
+                               "attach the CSV in a multipart field named 'file'", "file")
+            ctype = (upload.content_type or "").split(";")[0].strip().lower()
+            if ctype not in CSV_TYPES:
+                return problem(415, "unsupported_media_type",
+                               f"the file is {ctype!r}, not CSV: export the sheet as CSV "
+                               "(UTF-8) and upload that", "file")
+            if (upload.size or 0) > s.max_upload_bytes:
+                return too_large(s)
+            webhook = form.get("webhook_url")
+            try:
+                accepted = await accept_upload(
+                    deps, upload.file, filename=upload.filename,
+                    webhook_url=str(webhook).strip() if webhook else None,
+                    idempotency_key=idempotency_key)
+            except CsvRejected as exc:
+                report = exc.report
+                return JSONResponse({"errors": [e.as_dict() for e in report.errors],
+                                     "error_count": report.error_count}, status_code=422)
+            except WebhookRejected as exc:
+                return problem(422, exc.code, exc.message, "webhook_url")
+            except IdempotencyConflict as exc:
+                return problem(409, exc.code, exc.message)
+        return accepted_body(s, accepted)
+
+    return app
+
+
+def too_large(s: Settings) -> JSONResponse:
+    return problem(413, "file_too_large",
+                   f"the upload is larger than {s.max_upload_bytes} bytes: split the CSV "
+                   "into smaller files")
+
+
+def accepted_body(s: Settings, a: Accepted) -> JSONResponse:
+    body = AcceptedOut(
+        request_id=a.request_id,
+        status_url=s.status_url(a.request_id),
+        product_count=a.product_count, image_count=a.image_count,
+        warnings=[Issue(**w.as_dict()) for w in a.warnings], warning_count=a.warning_count)
+    return JSONResponse(body.model_dump(), status_code=202)

@@ -1,0 +1,202 @@
+"""Accepting an upload: validate, store the rows, publish the events.
+
+The request becomes visible (``accepted: true``) only after every event was
+acknowledged by Kafka, so an id we return is never a 404 and an id we never
+returned is never processed as if accepted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+from pymongo.errors import DuplicateKeyError
+
+from services.ingest.csvparse import CsvIssue, ProductRow, ValidationReport, iter_products, validate
+from services.ingest.settings import Settings
+from shared.errors import ImgpipeError, InvalidInputError
+from shared.events import ImageRequested, RequestCreated, _Event, image_id_for, now_utc
+from shared.kafka import EventPublisher
+from shared.logs import request_id_var
+from shared.mongo import Store, product_id
+from shared.netguard import check_url, check_url_static
+
+log = logging.getLogger(__name__)
+STALE_ATTEMPT_SECONDS = 600
+
+
+class CsvRejected(InvalidInputError):
+    code = "csv_invalid"
+
+    def __init__(self, report: ValidationReport) -> None:
+        super().__init__(f"{report.error_count} error(s) in the CSV")
+        self.report = report
+
+
+class WebhookRejected(InvalidInputError):
+    code = "webhook_url_invalid"
+
+
+class IdempotencyConflict(InvalidInputError):
+    code = "idempotency_conflict"
+
+
+@dataclass
+class Accepted:
+    request_id: str
+    product_count: int
+    image_count: int
+    warnings: list[CsvIssue] = field(default_factory=list)
+    warning_count: int = 0
+    replayed: bool = False
+
+
+@dataclass
+class Deps:
+    settings: Settings
+    store: Store
+    publisher: EventPublisher
+
+
+def file_digest(stream: BinaryIO) -> str:
+    stream.seek(0)
+    digest = hashlib.sha256()
+    while chunk := stream.read(1 << 20):
+        digest.update(chunk)
+    stream.seek(0)
+    return digest.hexdigest()
+
+
+async def accept_upload(deps: Deps, stream: BinaryIO, *, filename: str | None,
+                        webhook_url: str | None, idempotency_key: str | None) -> Accepted:
+    s = deps.settings
+    sha = await asyncio.to_thread(file_digest, stream)
+    if idempotency_key:
+        earlier = await _earlier(deps, idempotency_key, sha)
+        if earlier:
+            return earlier
+    report = await asyncio.to_thread(validate, stream, s.csv_limits())
+    if not report.ok:
+        raise CsvRejected(report)
+    if webhook_url:
+        await _check_webhook(deps, webhook_url)
+
+    request_id = str(uuid.uuid4())
+    request_id_var.set(request_id)
+    now = now_utc()
+    doc: dict[str, Any] = {
+        "_id": request_id, "accepted": False, "status": "QUEUED",
+        "product_count": report.product_count, "image_count": report.image_count,
+        "succeeded": 0, "failed": 0, "webhook_url": webhook_url or None,
+        "webhook": {"status": "pending" if webhook_url else "none", "attempts": 0},
+        "filename": filename, "file_sha256": sha, "created_at": now, "updated_at": now,
+        "started_at": None, "completed_at": None, "output_csv_url": None,
+        "completion_published": False,
+    }
+    if idempotency_key:
+        doc["idempotency_key"] = idempotency_key
+    try:
+        await deps.store.requests.insert_one(doc)
+    except DuplicateKeyError:  # a concurrent upload with the same key won
+        earlier = await _earlier(deps, idempotency_key or "", sha)
+        if earlier:
+            return earlier
+        raise
+    try:
+        await deps.publisher.publish(RequestCreated(
+            request_id=request_id, product_count=report.product_count,
+            image_count=report.image_count, webhook_url=webhook_url or None,
+            created_at=now, source_filename=filename))
+        await _store_and_publish(deps, request_id, stream)
+    except BaseException:
+        log.exception("request %s could not be enqueued; withdrawing it", request_id)
+        await _withdraw(deps, request_id)
+        raise
+    await deps.store.requests.update_one({"_id": request_id}, {"$set": {"accepted": True}})
+    log.info("accepted %s products, %s images from %r", report.product_count,
+             report.image_count, filename)
+    return Accepted(request_id, report.product_count, report.image_count,
+                    report.warnings, report.warning_count)
+
+
+async def _store_and_publish(deps: Deps, request_id: str, stream: BinaryIO) -> None:
+    """Pass 2 over the file, in batches: bounded memory at any size."""
+    stream.seek(0)
+    rows = iter_products(stream, deps.settings.csv_limits())
+    row_index = 0
+    while True:
+        batch = await asyncio.to_thread(_take, rows, deps.settings.publish_batch)
+        if not batch:
+            return
+        docs, events = [], []
+        for row in batch:
+            docs.append(_product_doc(request_id, row, row_index))
+            events.extend(_image_events(request_id, row))
+            row_index += 1
+        await deps.store.products.insert_many(docs, ordered=False)
+        await deps.publisher.publish_many(events)
+
+
+def _take(rows: Iterator[ProductRow], n: int) -> list[ProductRow]:
+    out = []
+    for row in rows:
+        out.append(row)
+        if len(out) >= n:
+            break
+    return out
+
+
+def _product_doc(request_id: str, row: ProductRow, index: int) -> dict[str, Any]:
+    return {"_id": product_id(request_id, row.serial), "request_id": request_id,
+            "serial": row.serial, "name": row.name, "row": index, "line": row.line,
+            "input_urls": row.urls, "output_urls": [None] * len(row.urls)}
+
+
+def _image_events(request_id: str, row: ProductRow) -> list[_Event]:
+    return [ImageRequested(request_id=request_id, image_id=image_id_for(request_id, url),
+                           serial=row.serial, product_name=row.name, position=i, url=url)
+            for i, url in enumerate(row.urls)]
+
+
+async def _withdraw(deps: Deps, request_id: str) -> None:
+    await deps.store.requests.update_one(
+        {"_id": request_id},
+        {"$set": {"status": "FAILED", "error": "could not enqueue the request"},
+         "$unset": {"idempotency_key": ""}})
+    await deps.store.products.delete_many({"request_id": request_id})
+
+
+async def _earlier(deps: Deps, key: str, sha: str) -> Accepted | None:
+    doc = await deps.store.requests.find_one({"idempotency_key": key})
+    if doc is None:
+        return None
+    if doc.get("file_sha256") != sha:
+        raise IdempotencyConflict(
+            "this Idempotency-Key was already used with a different file; "
+            "use a new key for a new upload")
+    if not doc.get("accepted"):
+        age = (now_utc() - doc["created_at"]).total_seconds()
+        if age < STALE_ATTEMPT_SECONDS:
+            raise IdempotencyConflict(
+                "an upload with this Idempotency-Key is still being accepted; "
+                "retry in a few seconds")
+        await _withdraw(deps, doc["_id"])  # an attempt that died half-way
+        return None
+    return Accepted(doc["_id"], doc["product_count"], doc["image_count"], replayed=True)
+
+
+async def _check_webhook(deps: Deps, url: str) -> None:
+    policy = deps.settings.net_policy()
+    try:
+        if deps.settings.check_webhook_dns:
+            await check_url(url, policy)
+        else:
+            check_url_static(url, policy)
+    except ImgpipeError as exc:
+        raise WebhookRejected(f"webhook_url is not allowed: {exc.message}", code=exc.code) \
+            from exc

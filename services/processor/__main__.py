@@ -1,0 +1,3 @@
+from services.processor.app import run
+
+run()

@@ -1,0 +1,65 @@
+"""MongoDB access (PyMongo's async API): client factory, collections, indexes.
+
+Collections (see docs/database.md):
+- ``requests``: one per upload; counts, status, timestamps, output CSV, webhook.
+- ``products``: one per CSV row; input and output URL lists in CSV order.
+- ``images``: one per URL position; status, sizes, qualities, error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pymongo import ASCENDING, AsyncMongoClient
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+
+from shared.settings import CommonSettings
+
+TERMINAL_STATUSES = ("COMPLETED", "COMPLETED_WITH_ERRORS", "FAILED")
+
+
+def make_client(settings: CommonSettings) -> AsyncMongoClient:
+    return AsyncMongoClient(settings.mongo_uri, serverSelectionTimeoutMS=10_000, tz_aware=True)
+
+
+@dataclass(frozen=True)
+class Store:
+    db: AsyncDatabase
+
+    @property
+    def requests(self) -> AsyncCollection:
+        return self.db["requests"]
+
+    @property
+    def products(self) -> AsyncCollection:
+        return self.db["products"]
+
+    @property
+    def images(self) -> AsyncCollection:
+        return self.db["images"]
+
+    @classmethod
+    def from_client(cls, client: AsyncMongoClient, settings: CommonSettings) -> Store:
+        return cls(client[settings.mongo_db])
+
+    async def ensure_indexes(self) -> None:
+        await self.requests.create_index([("created_at", ASCENDING)])
+        await self.requests.create_index(
+            [("idempotency_key", ASCENDING)],
+            unique=True,
+            partialFilterExpression={"idempotency_key": {"$type": "string"}},
+        )
+        await self.products.create_index([("request_id", ASCENDING), ("serial", ASCENDING)])
+        await self.images.create_index(
+            [("request_id", ASCENDING), ("serial", ASCENDING), ("position", ASCENDING)]
+        )
+        await self.images.create_index([("request_id", ASCENDING), ("status", ASCENDING)])
+
+
+def product_id(request_id: str, serial: int) -> str:
+    return f"{request_id}:{serial}"
+
+
+def position_id(request_id: str, serial: int, position: int) -> str:
+    return f"{request_id}:{serial}:{position}"

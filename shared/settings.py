@@ -1,0 +1,58 @@
+"""Settings shared by every service, read from ``IMGPIPE_*`` environment variables.
+
+Each service subclasses :class:`CommonSettings` in its own ``settings.py`` with the
+few knobs only it needs. Defaults are safe for the local stack (``make run``);
+credentials have no default in the repository: the local stack generates them.
+"""
+
+from __future__ import annotations
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.netguard import NetPolicy
+
+
+class CommonSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="IMGPIPE_", extra="ignore")
+
+    # Kafka API
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    topic_prefix: str = "imgpipe"
+    topic_partitions: int = 8
+
+    # MongoDB API
+    mongo_uri: str = "mongodb://127.0.0.1:27017"
+    mongo_db: str = "imgpipe"
+
+    # S3 API
+    s3_endpoint: str = "127.0.0.1:8333"
+    s3_secure: bool = False
+    s3_region: str = "us-east-1"
+    s3_access_key: str = ""
+    s3_secret_key: str = ""
+    output_bucket: str = "imgpipe-output"
+    # Base URL under which objects of the output bucket are publicly readable.
+    # Empty: derived from the S3 endpoint (http(s)://endpoint/bucket).
+    public_base_url: str = ""
+
+    # Outbound HTTP policy (image fetches and webhooks).
+    fetch_allow_networks: str = ""
+    fetch_allowed_ports: str = "80,443"
+
+    # Where clients reach the status API (status_url in responses and webhooks).
+    status_base_url: str = "http://127.0.0.1:8001"
+
+    log_level: str = "INFO"
+
+    def status_url(self, request_id: str) -> str:
+        return f"{self.status_base_url.rstrip('/')}/api/v1/requests/{request_id}"
+
+    def net_policy(self) -> NetPolicy:
+        return NetPolicy.from_strings(self.fetch_allow_networks, self.fetch_allowed_ports)
+
+    def public_object_url(self, key: str) -> str:
+        base = self.public_base_url.rstrip("/")
+        if not base:
+            scheme = "https" if self.s3_secure else "http"
+            base = f"{scheme}://{self.s3_endpoint}/{self.output_bucket}"
+        return f"{base}/{key}"

@@ -1,0 +1,78 @@
+"""Object storage over the S3 API (any S3 server: SeaweedFS, MinIO, AWS)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+
+from minio import Minio
+
+from shared.settings import CommonSettings
+
+
+class ObjectStore:
+    """A thin async wrapper: the minio client is blocking, so calls run in threads."""
+
+    def __init__(self, settings: CommonSettings) -> None:
+        self._settings = settings
+        self.bucket = settings.output_bucket
+        self._client = Minio(
+            settings.s3_endpoint,
+            access_key=settings.s3_access_key or None,
+            secret_key=settings.s3_secret_key or None,
+            secure=settings.s3_secure,
+            region=settings.s3_region,
+        )
+
+    def public_url(self, key: str) -> str:
+        return self._settings.public_object_url(key)
+
+    async def ensure_bucket(self, *, public_read: bool = True) -> None:
+        await asyncio.to_thread(self._ensure_bucket_sync, public_read)
+
+    def _ensure_bucket_sync(self, public_read: bool) -> None:
+        if not self._client.bucket_exists(self.bucket):
+            self._client.make_bucket(self.bucket)
+        if public_read:
+            policy = {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Principal": {"AWS": ["*"]},
+                        "Action": ["s3:GetObject"],
+                        "Resource": [f"arn:aws:s3:::{self.bucket}/*"],
+                    }
+                ],
+            }
+            self._client.set_bucket_policy(self.bucket, json.dumps(policy))
+
+    async def put(self, key: str, data: bytes, content_type: str) -> str:
+        """Upload (overwriting any object at ``key``) and return its public URL."""
+        await asyncio.to_thread(
+            self._client.put_object,
+            self.bucket,
+            key,
+            io.BytesIO(data),
+            len(data),
+            content_type=content_type,
+        )
+        return self.public_url(key)
+
+    async def get(self, key: str) -> bytes:
+        def _get() -> bytes:
+            resp = self._client.get_object(self.bucket, key)
+            try:
+                return resp.read()
+            finally:
+                resp.close()
+                resp.release_conn()
+
+        return await asyncio.to_thread(_get)
+
+    async def healthy(self) -> bool:
+        try:
+            return await asyncio.to_thread(self._client.bucket_exists, self.bucket)
+        except Exception:
+            return False

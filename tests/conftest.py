@@ -1,0 +1,138 @@
+"""Fixtures for tests that need real servers.
+
+``stack`` starts a throwaway local stack (S3, Kafka and MongoDB APIs) on free
+ports for the whole session; ``pipeline`` starts every service against it with
+a random topic prefix. Unit tests use neither and need no servers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from deploy import services
+from deploy.localstack import LocalStack, StackState
+from deploy.procs import free_port
+
+log = logging.getLogger("tests")
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackState]:
+    data = tmp_path_factory.mktemp("stack")
+    local = LocalStack(data, s3_port=free_port(), kafka_port=free_port(),
+                       mongo_port=free_port(), kafka_storage="s3")
+    state = local.up()
+    try:
+        yield state
+    finally:
+        local.down()
+
+
+@pytest.fixture(scope="session")
+def stack_env(stack: StackState) -> dict[str, str]:
+    """IMGPIPE_* settings for the stack, with a topic prefix and DB of its own."""
+    tag = uuid.uuid4().hex[:8]
+    return {**stack.env(), "IMGPIPE_TOPIC_PREFIX": f"t{tag}", "IMGPIPE_MONGO_DB": f"db{tag}",
+            "IMGPIPE_TOPIC_PARTITIONS": "4", "IMGPIPE_FETCH_ALLOW_NETWORKS": "127.0.0.0/8"}
+
+
+@dataclass
+class Pipeline:
+    env: dict[str, str]
+    ports: services.ServicePorts
+    running: services.Services
+
+    @property
+    def ingest_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.ingest}"
+
+    @property
+    def status_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.status}"
+
+
+@pytest.fixture(scope="session")
+def pipeline(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+             ) -> Iterator[Pipeline]:
+    ports = services.ServicePorts.free()
+    env = {**stack_env, "IMGPIPE_WEBHOOK_BACKOFF_BASE": "0.2",
+           "IMGPIPE_PROCESSOR_WORKERS": "2"}
+    logs = tmp_path_factory.mktemp("service-logs")
+    running = services.start(services.plan(env, ports, processors=2), log_dir=logs,
+                             timeout=240, wait_for_assignment=True)
+    try:
+        yield Pipeline(env, ports, running)
+    finally:
+        running.stop()
+        if os.environ.get("CI"):
+            for svc in running.items:
+                if svc.log_path and svc.log_path.exists():
+                    tail = svc.log_path.read_text(errors="replace").splitlines()[-40:]
+                    log.warning("--- %s log tail ---\n%s", svc.name, "\n".join(tail))
+
+
+@dataclass
+class HttpServer:
+    """A real local HTTP server: serves ``files`` and records every request."""
+
+    port: int
+    files: dict[str, tuple[bytes, str]] = field(default_factory=dict)
+    received: list[dict[str, Any]] = field(default_factory=list)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{path.lstrip('/')}"
+
+
+def _serve(server_state: HttpServer) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            return None
+
+        def do_GET(self) -> None:
+            item = server_state.files.get(self.path.lstrip("/"))
+            if item is None:
+                self.send_error(404)
+                return
+            body, ctype = item
+            self.send_response(200)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            server_state.received.append({
+                "path": self.path, "headers": dict(self.headers),
+                "json": json.loads(body) if body else None})
+            self.send_response(204)
+            self.end_headers()
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", server_state.port), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd
+
+
+@pytest.fixture
+def http_server() -> Iterator[HttpServer]:
+    state = HttpServer(port=free_port())
+    httpd = _serve(state)
+    try:
+        yield state
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+SHARED_PHOTO = Path(__file__).resolve().parents[2] / "shared" / "photos" / "grace_hopper.jpg"
