@@ -219,8 +219,9 @@ def _s3_buckets_ready(st: StackState) -> bool:
 def _mongo_ping(port: int) -> bool:
     from pymongo import MongoClient
 
-    with MongoClient(f"mongodb://127.0.0.1:{port}", serverSelectionTimeoutMS=1000) as c:
-        c.admin.command("ping")
+    client: MongoClient[dict[str, object]]
+    with MongoClient(f"mongodb://127.0.0.1:{port}", serverSelectionTimeoutMS=1000) as client:
+        client.admin.command("ping")
     return True
 
 

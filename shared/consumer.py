@@ -87,7 +87,7 @@ class ConsumerLoop:
     def rebalance_listener(self) -> ConsumerRebalanceListener:
         loop = self
 
-        class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+        class _Listener(ConsumerRebalanceListener):
             async def on_partitions_revoked(self, revoked: Any) -> None:
                 await loop.commit()
                 loop._tracker.forget(set(revoked))

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import faust
@@ -48,13 +49,14 @@ def create_app(s: Settings) -> faust.App:
             client: AsyncMongoClient = make_client(s)
             holder["client"] = client
             holder["store"] = Store.from_client(client, s)
-        return holder["store"]  # type: ignore[no-any-return]
+        result: Store = holder["store"]
+        return result
 
     async def publish(ev: RequestCompleted) -> None:
         fut = await completed.send(key=ev.request_id.encode(), value=ev.encode())
         await fut  # wait for the broker's acknowledgement
 
-    async def consume(stream: AsyncIterator[bytes], kind: type,
+    async def consume(stream: AsyncIterable[bytes], kind: type,
                       handle: Callable[[Any], Awaitable[None]]) -> None:
         async for raw in stream:
             try:
@@ -66,14 +68,14 @@ def create_app(s: Settings) -> faust.App:
                 log.warning("dead-lettering a message: %s", exc)
                 await dead.send(value=raw)
                 continue
-            await with_retries(lambda ev=event: handle(ev))
+            await with_retries(partial(handle, event))
 
     @app.agent(created)
-    async def on_request_created(stream: AsyncIterator[bytes]) -> None:
+    async def on_request_created(stream: faust.StreamT[bytes]) -> None:
         await consume(stream, RequestCreated, lambda ev: record_request_created(store(), ev))
 
     @app.agent(done)
-    async def on_image_done(stream: AsyncIterator[bytes]) -> None:
+    async def on_image_done(stream: faust.StreamT[bytes]) -> None:
         await consume(stream, ImageDone, lambda ev: record_image_done(store(), ev, publish))
 
     @app.page("/health")

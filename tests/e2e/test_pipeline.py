@@ -84,7 +84,7 @@ def test_csv_to_output_csv_and_webhook(pipeline: Pipeline, http_server: HttpServ
             client.get(status["output_csv_url"]).content.decode("utf-8-sig"))))
         assert table[0] == ["S. No.", "Product Name", "Input Image Urls", "Output Image Urls"]
         assert [r[0] for r in table[1:]] == ["1", "2", "3"]
-        for (serial, name, urls), row in zip(rows, table[1:], strict=True):
+        for (_serial, name, urls), row in zip(rows, table[1:], strict=True):
             assert row[1] == name
             inputs = [x.strip() for x in row[2].split(",")]
             outputs = [x.strip() for x in row[3].split(",")]
