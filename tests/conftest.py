@@ -67,6 +67,7 @@ def pipeline(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
              ) -> Iterator[Pipeline]:
     ports = services.ServicePorts.free()
     env = {**stack_env, "IMGPIPE_WEBHOOK_BACKOFF_BASE": "0.2",
+           "IMGPIPE_MAX_UPLOAD_BYTES": str(5 * 1024 * 1024), "IMGPIPE_FETCH_MAX_ATTEMPTS": "2",
            "IMGPIPE_PROCESSOR_WORKERS": "2"}
     logs = tmp_path_factory.mktemp("service-logs")
     running = services.start(services.plan(env, ports, processors=2), log_dir=logs,
@@ -89,6 +90,7 @@ class HttpServer:
     port: int
     files: dict[str, tuple[bytes, str]] = field(default_factory=dict)
     received: list[dict[str, Any]] = field(default_factory=list)
+    hits: dict[str, int] = field(default_factory=dict)
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}/{path.lstrip('/')}"
@@ -100,7 +102,9 @@ def _serve(server_state: HttpServer) -> ThreadingHTTPServer:
             return None
 
         def do_GET(self) -> None:
-            item = server_state.files.get(self.path.lstrip("/"))
+            path = self.path.lstrip("/")
+            server_state.hits[path] = server_state.hits.get(path, 0) + 1
+            item = server_state.files.get(path)
             if item is None:
                 self.send_error(404)
                 return

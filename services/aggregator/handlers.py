@@ -7,8 +7,10 @@ counters. If a crash hits between the insert and the increment, the event is
 re-delivered, the insert finds a duplicate, and the counters are recounted
 from the ``images`` documents (``$max``, so a concurrent increment is never
 undone). The request moves to a terminal state with one conditional update
-that only one caller can win; the winner publishes request-completed, and
-``completion_published`` lets a re-delivery finish a publication cut short.
+that only one caller can win; the winner holds a publication lease and
+publishes request-completed. A re-delivery finds ``completion_published``
+false and either takes over an expired lease (the holder crashed) or raises
+TransientError so the caller retries until the publication is done.
 Nothing here depends on Faust table state.
 """
 
@@ -16,17 +18,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Any
 
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
+from shared.errors import TransientError
 from shared.events import ImageDone, RequestCompleted, RequestCreated, now_utc
 from shared.logs import request_id_var
 from shared.mongo import TERMINAL_STATUSES, Store, position_id, product_id
 
 log = logging.getLogger(__name__)
 Publish = Callable[[RequestCompleted], Awaitable[None]]
+PUBLISH_LEASE_SECONDS = 60.0
 
 
 async def record_request_created(store: Store, ev: RequestCreated) -> None:
@@ -109,26 +114,40 @@ def terminal_status(succeeded: int, failed: int) -> str:
     return "FAILED" if succeeded == 0 else "COMPLETED_WITH_ERRORS"
 
 
-async def maybe_complete(store: Store, request: dict[str, Any], publish: Publish) -> None:
+async def maybe_complete(store: Store, request: dict[str, Any], publish: Publish, *,
+                         lease_seconds: float = PUBLISH_LEASE_SECONDS) -> None:
     succeeded, failed = request["succeeded"], request["failed"]
-    if succeeded + failed < request["image_count"]:
+    if succeeded + failed < request["image_count"] or request.get("completion_published"):
         return
-    status = request["status"]
-    if status not in TERMINAL_STATUSES:
+    rid, now = request["_id"], now_utc()
+    lease = {"publish_lease_until": now + timedelta(seconds=lease_seconds)}
+    if request["status"] not in TERMINAL_STATUSES:
         status = terminal_status(succeeded, failed)
         won = await store.requests.update_one(
-            {"_id": request["_id"], "status": {"$nin": list(TERMINAL_STATUSES)}},
-            {"$set": {"status": status, "completed_at": now_utc(), "updated_at": now_utc()}})
-        if won.modified_count == 0:
-            return  # another consumer finished it and publishes
-        log.info("request finished: %s (%s ok, %s failed)", status, succeeded, failed)
-    elif request.get("completion_published"):
-        return
-    fresh = await store.requests.find_one({"_id": request["_id"]})
+            {"_id": rid, "status": {"$nin": list(TERMINAL_STATUSES)}},
+            {"$set": {"status": status, "completed_at": now, "updated_at": now, **lease}})
+        if won.modified_count:
+            log.info("request finished: %s (%s ok, %s failed)", status, succeeded, failed)
+    else:  # finished earlier, not yet published: a holder whose lease ran out crashed
+        won = await store.requests.update_one(
+            {"_id": rid, "completion_published": {"$ne": True},
+             "$or": [{"publish_lease_until": None}, {"publish_lease_until": {"$lt": now}}]},
+            {"$set": lease})
+    if not won.modified_count:
+        fresh = await store.requests.find_one({"_id": rid}, {"completion_published": 1})
+        if fresh and fresh.get("completion_published"):
+            return
+        raise TransientError("another consumer is publishing this request's completion",
+                             code="completion_in_progress")
+    fresh = await store.requests.find_one({"_id": rid})
     assert fresh is not None
-    await publish(RequestCompleted(
-        request_id=fresh["_id"], status=fresh["status"], total=fresh["image_count"],
-        succeeded=fresh["succeeded"], failed=fresh["failed"],
-        completed_at=fresh["completed_at"] or now_utc()))
-    await store.requests.update_one({"_id": fresh["_id"]},
-                                    {"$set": {"completion_published": True}})
+    try:
+        await publish(RequestCompleted(
+            request_id=rid, status=fresh["status"], total=fresh["image_count"],
+            succeeded=fresh["succeeded"], failed=fresh["failed"],
+            completed_at=fresh["completed_at"]))
+    except BaseException:
+        await store.requests.update_one({"_id": rid}, {"$set": {"publish_lease_until": None}})
+        raise
+    await store.requests.update_one({"_id": rid}, {"$set": {"completion_published": True},
+                                                   "$unset": {"publish_lease_until": ""}})

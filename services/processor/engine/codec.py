@@ -181,7 +181,7 @@ def _finish(
     bytes_in = len(data)
     if options.keep_smaller_original and len(encoded) >= bytes_in:
         original = _original_to_keep(data, src, img, orientation(img), options)
-        if original is not None:
+        if original is not None and len(original) <= len(encoded):
             content_type, extension = SOURCE_FORMATS[src]
             log.debug("re-encode (%s bytes) not smaller than input (%s); keeping input",
                       len(encoded), bytes_in)
@@ -192,7 +192,7 @@ def _finish(
                 width=size[0], height=size[1], kept_original=True, source_format=src,
                 frames=frames,
             )
-        log.debug("input kept metadata that must be stripped; using the larger re-encode")
+        log.debug("input has metadata that cannot be stripped; using the larger re-encode")
     content_type, extension = OUTPUT_FORMATS[fmt]
     return CompressResult(
         data=encoded, format=fmt, content_type=content_type, extension=extension,

@@ -28,7 +28,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from shared import errors
-from shared.errors import ImageRejected, ImgpipeError, PolicyViolation
+from shared.errors import ImageRejected, ImgpipeError, PolicyViolation, TransientError
 
 from .options import CompressResult, EngineOptions
 from .worker import JOB, QUIT, process_cpu, worker_main
@@ -210,8 +210,8 @@ class EnginePool:
                 if gone.error is not None:
                     raise gone.error from None
                 if attempt == 1:
-                    raise ImageRejected(
-                        "no engine worker could take the image", code="worker_crashed"
+                    raise TransientError(
+                        "engine workers fail to start", code="engine_unavailable"
                     ) from None
                 continue  # the worker was dead before it got the job: retry once
             except asyncio.CancelledError:

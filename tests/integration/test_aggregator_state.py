@@ -1,0 +1,150 @@
+"""The aggregator's MongoDB bookkeeping under at-least-once delivery (real MongoDB API)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from services.aggregator.handlers import record_image_done, record_request_created
+from shared.errors import TransientError
+from shared.events import ImageDone, RequestCompleted, RequestCreated, now_utc
+from shared.mongo import Store, make_client, position_id, product_id
+from shared.settings import CommonSettings
+
+pytestmark = pytest.mark.stack
+
+
+@pytest.fixture
+async def store(stack_env: dict[str, str]) -> AsyncIterator[Store]:
+    settings = CommonSettings(mongo_uri=stack_env["IMGPIPE_MONGO_URI"],
+                              mongo_db=f"agg{uuid.uuid4().hex[:8]}")
+    client = make_client(settings)
+    st = Store.from_client(client, settings)
+    await st.ensure_indexes()
+    yield st
+    await client.drop_database(settings.mongo_db)
+    await client.close()
+
+
+class Published(list[RequestCompleted]):
+    async def __call__(self, ev: RequestCompleted) -> None:
+        self.append(ev)
+
+
+async def new_request(store: Store, images: int = 2) -> str:
+    rid = str(uuid.uuid4())
+    await record_request_created(store, RequestCreated(
+        request_id=rid, product_count=1, image_count=images, created_at=now_utc()))
+    await store.products.insert_one({"_id": product_id(rid, 1), "request_id": rid, "serial": 1,
+                                     "name": "P", "row": 0, "input_urls": ["a"] * images,
+                                     "output_urls": [None] * images})
+    return rid
+
+
+async def like_the_consumer(store: Store, ev: ImageDone, publish: Published) -> None:
+    """Retry on TransientError, as the consumers do."""
+    for _ in range(100):
+        try:
+            await record_image_done(store, ev, publish)
+            return
+        except TransientError:
+            await asyncio.sleep(0.05)
+    raise AssertionError("never settled")
+
+
+def done(rid: str, position: int, ok: bool = True, **extra: Any) -> ImageDone:
+    return ImageDone(request_id=rid, image_id=f"img{position}", serial=1, position=position,
+                     url=f"http://x/{position}.jpg", status="succeeded" if ok else "failed",
+                     output_url=f"http://out/{position}.jpg" if ok else None,
+                     error_code=None if ok else "http_404", **extra)
+
+
+async def test_a_duplicate_image_done_counts_once(store: Store) -> None:
+    rid, published = await new_request(store, images=2), Published()
+    for _ in range(3):
+        await record_image_done(store, done(rid, 0), published)
+    req = await store.requests.find_one({"_id": rid})
+    assert req is not None
+    assert (req["succeeded"], req["failed"], req["status"]) == (1, 0, "PROCESSING")
+    assert req["started_at"] is not None
+    assert published == []
+
+
+async def test_lost_increment_is_recovered_on_redelivery(store: Store) -> None:
+    """Crash between the guard insert and the counter update: the redelivered
+    event finds the duplicate and recounts from the images collection."""
+    rid, published = await new_request(store, images=1), Published()
+    ev = done(rid, 0)
+    await store.images.insert_one({"_id": position_id(rid, 1, 0), "request_id": rid,
+                                   "serial": 1, "position": 0, "status": "succeeded"})
+    await record_image_done(store, ev, published)
+    req = await store.requests.find_one({"_id": rid})
+    assert req is not None and req["succeeded"] == 1 and req["status"] == "COMPLETED"
+    assert [p.status for p in published] == ["COMPLETED"]
+
+
+async def test_completion_is_published_exactly_once_under_concurrent_duplicates(
+        store: Store) -> None:
+    rid, published = await new_request(store, images=2), Published()
+    events = [done(rid, 0), done(rid, 1, ok=False)] * 3
+    await asyncio.gather(*(like_the_consumer(store, e, published) for e in events))
+    req = await store.requests.find_one({"_id": rid})
+    assert req is not None
+    assert (req["succeeded"], req["failed"]) == (1, 1)
+    assert req["status"] == "COMPLETED_WITH_ERRORS" and req["completion_published"]
+    assert len(published) == 1
+    assert (published[0].succeeded, published[0].failed, published[0].total) == (1, 1, 2)
+    product = await store.products.find_one({"_id": product_id(rid, 1)})
+    assert product is not None and product["output_urls"] == ["http://out/0.jpg", None]
+
+
+async def test_an_unpublished_completion_is_published_on_redelivery(store: Store) -> None:
+    rid = await new_request(store, images=1)
+
+    async def broker_down(ev: RequestCompleted) -> None:
+        raise ConnectionError("broker away")
+
+    with pytest.raises(ConnectionError):
+        await record_image_done(store, done(rid, 0), broker_down)
+    published = Published()
+    await record_image_done(store, done(rid, 0), published)  # the redelivery
+    assert [p.status for p in published] == ["COMPLETED"]
+    await record_image_done(store, done(rid, 0), published)  # and once more: nothing new
+    assert len(published) == 1
+
+
+async def test_all_failed_is_failed(store: Store) -> None:
+    rid, published = await new_request(store, images=2), Published()
+    await record_image_done(store, done(rid, 0, ok=False), published)
+    await record_image_done(store, done(rid, 1, ok=False), published)
+    assert [p.status for p in published] == ["FAILED"]
+
+
+async def test_request_created_replay_never_overwrites_live_state(store: Store) -> None:
+    rid, published = await new_request(store, images=2), Published()
+    await record_image_done(store, done(rid, 0), published)
+    await record_request_created(store, RequestCreated(
+        request_id=rid, product_count=1, image_count=2, created_at=now_utc()))
+    req = await store.requests.find_one({"_id": rid})
+    assert req is not None and req["succeeded"] == 1
+
+
+async def test_an_expired_lease_is_taken_over(store: Store) -> None:
+    """The lease holder died after finishing the request but before publishing."""
+    rid, published = await new_request(store, images=1), Published()
+    await store.images.insert_one({"_id": position_id(rid, 1, 0), "request_id": rid,
+                                   "serial": 1, "position": 0, "status": "succeeded"})
+    await store.requests.update_one({"_id": rid}, {"$set": {
+        "status": "COMPLETED", "succeeded": 1, "completed_at": now_utc(),
+        "publish_lease_until": now_utc() + timedelta(seconds=60)}})
+    with pytest.raises(TransientError):  # the lease is still held: retry later
+        await record_image_done(store, done(rid, 0), published)
+    await store.requests.update_one({"_id": rid}, {"$set": {
+        "publish_lease_until": now_utc() - timedelta(seconds=1)}})
+    await record_image_done(store, done(rid, 0), published)
+    assert [p.status for p in published] == ["COMPLETED"]

@@ -1,0 +1,115 @@
+"""The upload API of the running ingest service (real stack, real HTTP)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import HttpServer, Pipeline
+from tests.imagecorpus import encode, photo
+
+pytestmark = pytest.mark.stack
+CORPUS = Path(__file__).resolve().parents[1] / "data" / "csv"
+MANIFEST: dict[str, dict[str, Any]] = json.loads((CORPUS / "expected.json").read_text())
+# Files whose expectations use non-default limits are covered by the unit tests.
+DEFAULT_LIMIT_CASES = sorted(n for n, e in MANIFEST.items() if not e.get("limits"))
+
+
+def upload(p: Pipeline, body: bytes | str, *, name: str = "p.csv", ctype: str = "text/csv",
+           **kw: Any) -> httpx.Response:
+    return httpx.post(f"{p.ingest_url}/api/v1/requests", files={"file": (name, body, ctype)},
+                      timeout=60, **kw)
+
+
+@pytest.mark.parametrize("name", DEFAULT_LIMIT_CASES)
+def test_corpus_through_the_real_service(pipeline: Pipeline, name: str) -> None:
+    expected = MANIFEST[name]
+    resp = upload(pipeline, (CORPUS / name).read_bytes(), name=name)
+    if expected["errors"]:
+        assert resp.status_code == 422, resp.text
+        body = resp.json()
+        got = [[e["code"], e["line"]] for e in body["errors"]]
+        assert got == expected["errors"]
+        assert body["error_count"] == len(expected["errors"])
+        assert all(e["message"] for e in body["errors"])
+    else:
+        assert resp.status_code == 202, resp.text
+        body = resp.json()
+        assert (body["product_count"], body["image_count"]) == (
+            expected["products"], expected["images"])
+        assert [[w["code"], w["line"]] for w in body["warnings"]] == expected["warnings"]
+
+
+def test_rows_are_stored_in_order_and_visible_at_once(pipeline: Pipeline) -> None:
+    csv = ("S. No.,Product Name,Input Image Urls\n"
+           '2,B,"https://img.example/b1.jpg, https://img.example/b2.jpg"\n'
+           "1,A,https://img.example/a1.jpg\n")
+    resp = upload(pipeline, csv)
+    assert resp.status_code == 202
+    rid = resp.json()["request_id"]
+    products = httpx.get(f"{pipeline.status_url}/api/v1/requests/{rid}/products").json()
+    assert [(p["serial"], p["name"], p["input_urls"]) for p in products] == [
+        (2, "B", ["https://img.example/b1.jpg", "https://img.example/b2.jpg"]),
+        (1, "A", ["https://img.example/a1.jpg"])]
+
+
+def test_idempotency_key(pipeline: Pipeline) -> None:
+    csv = "S. No.,Product Name,Input Image Urls\n1,A,https://img.example/a.jpg\n"
+    key = {"Idempotency-Key": f"k-{time.time_ns()}"}
+    first = upload(pipeline, csv, headers=key)
+    again = upload(pipeline, csv, headers=key)
+    assert first.status_code == again.status_code == 202
+    assert first.json()["request_id"] == again.json()["request_id"]
+    other = upload(pipeline, csv.replace("a.jpg", "b.jpg"), headers=key)
+    assert other.status_code == 409
+    assert other.json()["errors"][0]["code"] == "idempotency_conflict"
+
+
+def test_wrong_content_type_is_415(pipeline: Pipeline) -> None:
+    resp = upload(pipeline, b"\x89PNG\r\n", name="p.png", ctype="image/png")
+    assert resp.status_code == 415
+    assert "CSV" in resp.json()["errors"][0]["message"]
+    raw = httpx.post(f"{pipeline.ingest_url}/api/v1/requests", json={"a": 1})
+    assert raw.status_code == 415
+
+
+def test_oversize_upload_is_413(pipeline: Pipeline) -> None:
+    row = "1,A,https://img.example/" + "a" * 1000 + ".jpg\n"
+    resp = upload(pipeline, "S. No.,Product Name,Input Image Urls\n" + row * 6000)
+    assert resp.status_code == 413
+    assert resp.json()["errors"][0]["code"] == "file_too_large"
+
+
+@pytest.mark.parametrize("hook", ["http://169.254.169.254/latest", "ftp://example.com/x",
+                                  "http://10.0.0.1/hook", "http://[::ffff:10.0.0.1]/x"])
+def test_forbidden_webhook_is_422_before_anything_is_queued(pipeline: Pipeline,
+                                                            hook: str) -> None:
+    csv = "S. No.,Product Name,Input Image Urls\n1,A,https://img.example/a.jpg\n"
+    resp = upload(pipeline, csv, data={"webhook_url": hook})
+    assert resp.status_code == 422, resp.text
+    err = resp.json()["errors"][0]
+    assert err["column"] == "webhook_url" and err["message"]
+
+
+def test_the_same_url_is_fetched_once(pipeline: Pipeline, http_server: HttpServer) -> None:
+    http_server.files["same.jpg"] = (encode(photo(), "JPEG", quality=80), "image/jpeg")
+    url = http_server.url("same.jpg")
+    csv = f'S. No.,Product Name,Input Image Urls\n1,A,"{url},{url}"\n2,B,{url}\n'
+    rid = upload(pipeline, csv).json()["request_id"]
+    deadline = time.monotonic() + 120
+    status: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        status = httpx.get(f"{pipeline.status_url}/api/v1/requests/{rid}").json()
+        if status["status"] == "COMPLETED":
+            break
+        time.sleep(0.5)
+    assert status["status"] == "COMPLETED", status
+    assert http_server.hits["same.jpg"] == 1
+    products = httpx.get(f"{pipeline.status_url}/api/v1/requests/{rid}/products").json()
+    outputs = [u for p in products for u in p["output_urls"]]
+    assert len(outputs) == 3 and len(set(outputs)) == 1 and outputs[0]

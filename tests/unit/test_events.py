@@ -1,0 +1,70 @@
+"""Golden payloads: the wire format of every event, pinned."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from shared.errors import InvalidInputError
+from shared.events import (
+    ImageDone,
+    ImageRequested,
+    RequestCompleted,
+    RequestCreated,
+    decode,
+    event_key,
+    image_id_for,
+)
+from shared.topics import Topic, all_topics
+
+GOLDEN = Path(__file__).resolve().parents[1] / "data" / "events"
+KINDS = {"request.created": RequestCreated, "image.requested": ImageRequested,
+         "image.done": ImageDone, "request.completed": RequestCompleted}
+
+
+@pytest.mark.parametrize("path", sorted(GOLDEN.glob("*.json")), ids=lambda p: p.stem)
+def test_golden_payload_decodes_and_round_trips(path: Path) -> None:
+    raw = path.read_bytes()
+    event = decode(raw)
+    assert type(event) is KINDS[json.loads(raw)["event_type"]]
+    again = json.loads(event.encode())
+    original = json.loads(raw)
+    assert set(again) == set(original), "a field was added or removed: update the golden file"
+    assert decode(event.encode()) == event
+
+
+def test_every_event_kind_has_a_golden_payload() -> None:
+    seen = {json.loads(p.read_bytes())["event_type"] for p in GOLDEN.glob("*.json")}
+    assert seen == set(KINDS)
+
+
+@pytest.mark.parametrize("raw", [b"", b"not json", b"{}", b'{"event_type": "nope"}',
+                                 b'{"event_type": "image.done", "schema_version": 2}'])
+def test_invalid_payloads_raise_invalid_input(raw: bytes) -> None:
+    with pytest.raises(InvalidInputError) as err:
+        decode(raw)
+    assert err.value.code == "invalid_event"
+
+
+def test_image_ids_are_shared_by_identical_urls_only() -> None:
+    a = image_id_for("r1", "http://x/a.jpg")
+    assert a == image_id_for("r1", "http://x/a.jpg")
+    assert a != image_id_for("r1", "http://x/b.jpg")
+    assert a != image_id_for("r2", "http://x/a.jpg")
+
+
+def test_partition_keys() -> None:
+    golden = {p.stem: decode(p.read_bytes()) for p in GOLDEN.glob("*.json")}
+    req = golden["image.requested.v1"]
+    assert isinstance(req, ImageRequested)
+    assert event_key(req) == req.image_id.encode()  # spreads a request over partitions
+    done = golden["image.done.v1"]
+    assert event_key(done) == done.request_id.encode()  # one request, one aggregator
+
+
+def test_topic_names_are_prefixed_and_unique() -> None:
+    names = all_topics("imgpipe")
+    assert len(set(names)) == len(Topic)
+    assert Topic.IMAGE_DONE.full("imgpipe") == "imgpipe.image.done.v1"
