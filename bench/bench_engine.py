@@ -78,7 +78,9 @@ def vm_hwm_mb(pid: int) -> float | None:
     return None
 
 
-async def run_pool(images: list[bytes], workers: int, rounds: int) -> tuple[float, dict[int, float]]:
+async def run_pool(
+    images: list[bytes], workers: int, rounds: int
+) -> tuple[float, dict[int, float]]:
     pool = EnginePool(workers=workers)
     peaks: dict[int, float] = {}
     stop = threading.Event()
@@ -124,15 +126,18 @@ def main() -> None:
     images = make_images(args.images, args.mp)
     mp_total = sum(Image.open(io.BytesIO(d)).size[0] * Image.open(io.BytesIO(d)).size[1]
                    for d in images) / 1e6
-    qualities = [compress(d, ).quality_out for d in images]
+    qualities = [compress(d).quality_out for d in images]
     out(f"{len(images)} JPEGs of {args.mp:g} MP ({mp_total:.1f} MP, "
         f"{sum(map(len, images)) / 2**20:.1f} MiB), {cores} cores, Pillow {Image.__version__}")
 
-    bare_times, engine_times = [], []
-    for _ in range(args.rounds):  # interleaved so that drift hits both alike
-        bare_times.append(timed(lambda: [bare_pillow(d, q) for d, q in zip(images, qualities,
-                                                                           strict=True)]))
-        engine_times.append(timed(lambda: [compress(d) for d in images]))
+    bare_times: list[float] = []
+    engine_times: list[float] = []
+    pairs = list(zip(images, qualities, strict=True))
+    for index in range(args.rounds):  # interleaved, alternating order: drift hits both alike
+        runs = [(bare_times, lambda: [bare_pillow(d, q) for d, q in pairs]),
+                (engine_times, lambda: [compress(d) for d in images])]
+        for times, fn in runs if index % 2 == 0 else runs[::-1]:
+            times.append(timed(fn))
     bare, engine = min(bare_times), min(engine_times)
     pool_time, _ = asyncio.run(run_pool(images, cores, args.rounds))
 
@@ -145,8 +150,8 @@ def main() -> None:
     out(line(f"EnginePool, {cores} workers", pool_time))
     out(f"  engine / bare Pillow          {bare / engine:.3f}  (target >= 0.95)")
     out(f"  pool / single process         {engine / pool_time:.3f}  (target >= 1.8 on 2 cores)")
-    out(f"  statistics: bare {statistics.median(bare_times):.2f}s median, "
-        f"engine {statistics.median(engine_times):.2f}s median")
+    out(f"  medians: bare {statistics.median(bare_times):.2f}s, "
+        f"engine {statistics.median(engine_times):.2f}s; load average {os.getloadavg()[0]:.2f}")
 
     big = make_images(max(cores * 2, 2), args.memory_mp)
     big_time, peaks = asyncio.run(run_pool(big, cores, 1))

@@ -65,6 +65,9 @@ class ImageRequested(_Event):
     product_name: str
     position: int  # 0-based index of the URL within its product's cell
     url: str
+    # Set by the replay tool: a replayed image is processed again rather than
+    # answered from the processor's cache of recent results.
+    replay_id: str | None = None
 
 
 class ImageDone(_Event):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import threading
 import uuid
 from collections.abc import Iterator
@@ -68,7 +69,7 @@ def pipeline(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
     ports = services.ServicePorts.free()
     env = {**stack_env, "IMGPIPE_WEBHOOK_BACKOFF_BASE": "0.2",
            "IMGPIPE_MAX_UPLOAD_BYTES": str(5 * 1024 * 1024), "IMGPIPE_FETCH_MAX_ATTEMPTS": "2",
-           "IMGPIPE_PROCESSOR_WORKERS": "2"}
+           "IMGPIPE_PROCESSOR_WORKERS": "2", "IMGPIPE_CALLBACK_SECRET": secrets.token_hex(16)}
     logs = tmp_path_factory.mktemp("service-logs")
     running = services.start(services.plan(env, ports, processors=2), log_dir=logs,
                              timeout=240, wait_for_assignment=True)

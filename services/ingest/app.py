@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 
+from services.ingest.callbacks import CallbackIn, CallbacksDisabled, accept_callback
 from services.ingest.handlers import (
     Accepted,
     CsvRejected,
@@ -20,9 +21,11 @@ from services.ingest.handlers import (
     accept_upload,
 )
 from services.ingest.settings import Settings
+from shared.errors import InvalidInputError
 from shared.kafka import EventPublisher, ensure_topics
 from shared.logs import setup_logging
 from shared.mongo import Store, make_client
+from shared.signing import SignatureInvalid
 
 CSV_TYPES = {"text/csv", "application/csv", "text/plain", "application/vnd.ms-excel",
              "text/tab-separated-values", "text/x-csv", "application/octet-stream", ""}
@@ -140,6 +143,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             except IdempotencyConflict as exc:
                 return problem(409, exc.code, exc.message)
         return accepted_body(s, accepted)
+
+    @app.post("/api/v1/callbacks/image-processed", status_code=202, tags=["callbacks"],
+              responses={401: {"model": ErrorsOut}, 404: {"model": ErrorsOut},
+                         422: {"model": ErrorsOut}},
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/json": {"schema": CallbackIn.model_json_schema()}}}})
+    async def image_processed(
+        request: Request,
+        x_imgpipe_signature: Annotated[str | None, Header()] = None,
+    ) -> Any:
+        """Accept a signed result from an external image-processing service.
+
+        Sign ``"<unix time>." + body`` with HMAC-SHA256 and the shared secret
+        (IMGPIPE_CALLBACK_SECRET); send ``X-Imgpipe-Signature: t=<time>,v1=<hex>``."""
+        deps: Deps = request.app.state.deps
+        try:
+            event = await accept_callback(deps, await request.body(), x_imgpipe_signature)
+        except CallbacksDisabled as exc:
+            return problem(404, exc.code, exc.message)
+        except SignatureInvalid as exc:
+            return problem(401, exc.code, exc.message)
+        except InvalidInputError as exc:
+            return problem(422, exc.code, exc.message)
+        return JSONResponse({"accepted": True, "event_id": event.event_id}, status_code=202)
 
     return app
 

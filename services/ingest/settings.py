@@ -15,6 +15,9 @@ class Settings(CommonSettings):
     # Check webhook URLs (scheme, port, resolved addresses) at upload time.
     check_webhook_dns: bool = True
     publish_batch: int = 2000
+    # Signed callbacks from an external image-processing service; empty = disabled.
+    callback_secret: str = ""
+    callback_tolerance_seconds: float = 300.0
 
     def csv_limits(self) -> CsvLimits:
         return CsvLimits(max_rows=self.max_rows, max_urls_per_row=self.max_urls_per_row,

@@ -9,18 +9,16 @@ receiver can drop the rare duplicate (a crash between sending and recording).
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 import logging
 import random
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
 from services.notifier.settings import Settings
+from shared import signing
 from shared.errors import ImgpipeError
 from shared.events import RequestCompleted, now_utc
 from shared.logs import request_id_var
@@ -68,11 +66,6 @@ def payload(s: Settings, ev: RequestCompleted, csv_url: str) -> dict[str, Any]:
             "status_url": s.status_url(ev.request_id)}
 
 
-def sign(secret: str, body: bytes, timestamp: int) -> str:
-    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
-    return f"t={timestamp},v1={mac.hexdigest()}"
-
-
 async def deliver(deps: Deps, url: str, body_obj: dict[str, Any]) -> None:
     s, requests = deps.settings, deps.store.requests
     rid = body_obj["request_id"]
@@ -81,7 +74,7 @@ async def deliver(deps: Deps, url: str, body_obj: dict[str, Any]) -> None:
         headers = {"Content-Type": "application/json", "X-Imgpipe-Event": "request.completed",
                    "Idempotency-Key": f"{rid}:request.completed"}
         if s.webhook_secret:
-            headers["X-Imgpipe-Signature"] = sign(s.webhook_secret, body, int(time.time()))
+            headers[signing.HEADER] = signing.sign(s.webhook_secret, body)
         error, permanent = await _post(deps.http, url, body, headers)
         if error is None:
             await requests.update_one({"_id": rid}, {

@@ -54,12 +54,13 @@ class ImageProcessor:
                  event.position, done.status)
 
     async def _outcome_for(self, event: ImageRequested) -> Outcome:
-        fut = self._outcomes.get(event.image_id)
+        key = f"{event.image_id}/{event.replay_id or ''}"
+        fut = self._outcomes.get(key)
         if fut is not None and not (fut.done() and fut.exception()):
-            self._outcomes.move_to_end(event.image_id)
+            self._outcomes.move_to_end(key)
             return await asyncio.shield(fut)
         fut = asyncio.get_running_loop().create_future()
-        self._outcomes[event.image_id] = fut
+        self._outcomes[key] = fut
         while len(self._outcomes) > self._cache_size:
             self._outcomes.popitem(last=False)
         try:

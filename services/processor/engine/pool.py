@@ -36,6 +36,10 @@ from .worker import JOB, QUIT, process_cpu, worker_main
 log = logging.getLogger(__name__)
 
 _STARTUP_TIMEOUT = 120.0
+_WORKER_MALLOC_ENV = {
+    "MALLOC_MMAP_THRESHOLD_": str(64 << 20),
+    "MALLOC_TRIM_THRESHOLD_": str(256 << 20),
+}
 
 
 class _WorkerGone(Exception):
@@ -114,7 +118,17 @@ class EnginePool:
         proc = self._ctx.Process(
             target=worker_main, args=(child, self.options), name="imgpipe-engine", daemon=True
         )
-        proc.start()
+        added = [k for k in _WORKER_MALLOC_ENV if k not in os.environ]
+        try:
+            # glibc reads these at process start: keep freed image buffers mapped in
+            # the worker instead of returning them to the kernel after every image
+            # (which costs page faults on the next one).  Peak RSS is unchanged.
+            for key in added:
+                os.environ[key] = _WORKER_MALLOC_ENV[key]
+            proc.start()
+        finally:
+            for key in added:
+                os.environ.pop(key, None)
         child.close()
         return _Worker(proc, parent)
 
