@@ -20,11 +20,12 @@ from pymongo.errors import DuplicateKeyError
 from services.ingest.csvparse import CsvIssue, ProductRow, ValidationReport, iter_products, validate
 from services.ingest.settings import Settings
 from shared.errors import ImgpipeError, InvalidInputError
-from shared.events import ImageRequested, RequestCreated, _Event, image_id_for, now_utc
+from shared.events import ImageRequested, RequestCreated, event_key, image_id_for, now_utc
 from shared.kafka import EventPublisher
 from shared.logs import request_id_var
 from shared.mongo import Store, product_id
 from shared.netguard import check_url, check_url_static
+from shared.topics import Topic
 
 log = logging.getLogger(__name__)
 STALE_ATTEMPT_SECONDS = 600
@@ -125,30 +126,48 @@ async def accept_upload(deps: Deps, stream: BinaryIO, *, filename: str | None,
 
 
 async def _store_and_publish(deps: Deps, request_id: str, stream: BinaryIO) -> None:
-    """Pass 2 over the file, in batches: bounded memory at any size."""
+    """Pass 2 over the file, in batches: bounded memory at any size.
+
+    A worker thread parses the next batch and encodes its documents and events
+    while the previous batch's MongoDB insert and Kafka publish run
+    concurrently; at most two batches are in flight.
+    """
     stream.seek(0)
     rows = iter_products(stream, deps.settings.csv_limits())
-    row_index = 0
-    while True:
-        batch = await asyncio.to_thread(_take, rows, deps.settings.publish_batch)
-        if not batch:
-            return
-        docs, events = [], []
-        for row in batch:
-            docs.append(_product_doc(request_id, row, row_index))
-            events.extend(_image_events(request_id, row))
-            row_index += 1
-        await deps.store.products.insert_many(docs, ordered=False)
-        await deps.publisher.publish_many(events)
+    counter = iter(range(1 << 62))
+    in_flight: asyncio.Future[Any] | None = None
+    try:
+        while True:
+            docs, messages = await asyncio.to_thread(
+                _prepare, request_id, rows, counter, deps.settings.publish_batch)
+            if not docs:
+                break
+            if in_flight is not None:
+                await in_flight
+            in_flight = asyncio.gather(
+                deps.store.products.insert_many(docs, ordered=False),
+                deps.publisher.publish_encoded(Topic.IMAGE_REQUESTED, messages))
+        if in_flight is not None:
+            await in_flight
+    except BaseException:
+        if in_flight is not None:
+            in_flight.cancel()
+            await asyncio.gather(in_flight, return_exceptions=True)
+        raise
 
 
-def _take(rows: Iterator[ProductRow], n: int) -> list[ProductRow]:
-    out = []
+def _prepare(request_id: str, rows: Iterator[ProductRow], counter: Iterator[int],
+             n: int) -> tuple[list[dict[str, Any]], list[tuple[bytes, bytes]]]:
+    """Up to ``n`` rows as product documents and encoded image events."""
+    docs: list[dict[str, Any]] = []
+    messages: list[tuple[bytes, bytes]] = []
     for row in rows:
-        out.append(row)
-        if len(out) >= n:
+        docs.append(_product_doc(request_id, row, next(counter)))
+        for event in _image_events(request_id, row):
+            messages.append((event_key(event), event.encode()))
+        if len(docs) >= n:
             break
-    return out
+    return docs, messages
 
 
 def _product_doc(request_id: str, row: ProductRow, index: int) -> dict[str, Any]:
@@ -157,7 +176,7 @@ def _product_doc(request_id: str, row: ProductRow, index: int) -> dict[str, Any]
             "input_urls": row.urls, "output_urls": [None] * len(row.urls)}
 
 
-def _image_events(request_id: str, row: ProductRow) -> list[_Event]:
+def _image_events(request_id: str, row: ProductRow) -> list[ImageRequested]:
     return [ImageRequested(request_id=request_id, image_id=image_id_for(request_id, url),
                            serial=row.serial, product_name=row.name, position=i, url=url)
             for i, url in enumerate(row.urls)]
