@@ -25,7 +25,9 @@ def main() -> int:
     data = Path(os.environ.get("IMGPIPE_DATA_DIR", ".data"))
     stack = stack_from_env(data / "stack")
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # Explicit handlers: a background launcher may start us with SIGINT ignored.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     running = None
     try:
         log.info("starting the local stack (S3, Kafka, MongoDB APIs) in %s ...", data / "stack")
@@ -45,7 +47,8 @@ def main() -> int:
             f"  S3 API:             http://{env['IMGPIPE_S3_ENDPOINT']}  "
             f"(keys in {data / 'stack' / 'credentials.json'})\n\n")
         sys.stdout.flush()
-        stop.wait()
+        while not stop.wait(1.0):
+            pass
     except KeyboardInterrupt:
         pass
     except StackError as exc:

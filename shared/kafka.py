@@ -49,9 +49,10 @@ async def ensure_topics(settings: CommonSettings, names: Iterable[str] | None = 
 def key_partitioner(key: bytes | None, all_partitions: list[int],
                     available: list[int]) -> int:
     """CRC32 of the key: deterministic like the default murmur2 partitioner
-    (every imgpipe producer uses it, so one key always maps to one partition)
-    but computed in C; aiokafka's murmur2 is pure Python and showed up as a
-    fifth of the upload time for large files."""
+    but computed in C (aiokafka's murmur2 is pure Python and showed up as a
+    fifth of the upload time for large files). Every producer of a topic must
+    use the same function so one key maps to one partition: all producers of
+    image.requested and image.done go through EventPublisher."""
     if key is None:
         return random.choice(available or all_partitions)
     return all_partitions[zlib.crc32(key) % len(all_partitions)]

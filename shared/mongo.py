@@ -50,7 +50,7 @@ class Store:
             unique=True,
             partialFilterExpression={"idempotency_key": {"$type": "string"}},
         )
-        await self.products.create_index([("request_id", ASCENDING), ("serial", ASCENDING)])
+        await self.products.create_index([("request_id", ASCENDING), ("row", ASCENDING)])
         await self.images.create_index(
             [("request_id", ASCENDING), ("serial", ASCENDING), ("position", ASCENDING)]
         )

@@ -33,7 +33,7 @@ def create_app(s: Settings) -> faust.App:
         web_bind=s.aggregator_host, web_host=s.aggregator_host,
         topic_partitions=s.topic_partitions, topic_replication_factor=1,
         producer_acks=-1, consumer_auto_offset_reset="earliest",
-        broker_commit_interval=1.0,
+        broker_commit_interval=1.0, datadir=s.aggregator_datadir.format(app_id=s.app_id()),
     )
 
     def topic(t: Topic) -> faust.TopicT:

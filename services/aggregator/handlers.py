@@ -57,10 +57,13 @@ async def record_image_done(store: Store, ev: ImageDone, publish: Publish) -> No
         first = True
     except DuplicateKeyError:
         first = False
-    # Idempotent either way: the output URL of this position (None if failed).
+        # The first result recorded for a position wins; repeat *it* below.
+        doc = await store.images.find_one({"_id": doc["_id"]}) or doc
+    # Idempotent either way (and repairs a crash between the two writes).
+    output = doc.get("output_url") if doc.get("status") == "succeeded" else None
     await store.products.update_one(
         {"_id": product_id(ev.request_id, ev.serial)},
-        {"$set": {f"output_urls.{ev.position}": ev.output_url}})
+        {"$set": {f"output_urls.{ev.position}": output}})
     if first:
         field = "succeeded" if ev.status == "succeeded" else "failed"
         request = await store.requests.find_one_and_update(
@@ -119,6 +122,8 @@ async def maybe_complete(store: Store, request: dict[str, Any], publish: Publish
     succeeded, failed = request["succeeded"], request["failed"]
     if succeeded + failed < request["image_count"] or request.get("completion_published"):
         return
+    if request.get("withdrawn"):
+        return  # ingest could not enqueue it all and told the client so
     rid, now = request["_id"], now_utc()
     lease = {"publish_lease_until": now + timedelta(seconds=lease_seconds)}
     if request["status"] not in TERMINAL_STATUSES:

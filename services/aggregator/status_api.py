@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel
 
@@ -74,6 +75,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="imgpipe status API", version="1.0", lifespan=lifespan,
                   description="Progress, results and output CSV of an upload request.")
+    # Read-only data behind unguessable ids: the upload page (another origin) polls it.
+    app.add_middleware(CORSMiddleware, allow_origins=s.cors_origins.split(","),
+                       allow_methods=["GET"], allow_headers=["*"])
 
     async def load(request: Request, request_id: str) -> dict[str, Any]:
         doc = await request.app.state.store.requests.find_one(

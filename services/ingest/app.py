@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Header, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 
@@ -81,6 +82,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="imgpipe ingest API", version="1.0",
                   description="Upload a product-image CSV; get a request id back at once.",
                   lifespan=lifespan)
+
+    page = (Path(__file__).parent / "page.html").read_text()
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def upload_page() -> HTMLResponse:
+        return HTMLResponse(page)
 
     @app.get("/health", tags=["ops"])
     async def health(request: Request) -> JSONResponse:

@@ -185,7 +185,8 @@ def _image_events(request_id: str, row: ProductRow) -> list[ImageRequested]:
 async def _withdraw(deps: Deps, request_id: str) -> None:
     await deps.store.requests.update_one(
         {"_id": request_id},
-        {"$set": {"status": "FAILED", "error": "could not enqueue the request"},
+        {"$set": {"status": "FAILED", "withdrawn": True,
+                  "error": "could not enqueue the request"},
          "$unset": {"idempotency_key": ""}})
     await deps.store.products.delete_many({"request_id": request_id})
 

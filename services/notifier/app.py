@@ -41,7 +41,8 @@ async def main(settings: Settings | None = None) -> None:
 
     try:
         await run_consumer_service(
-            name="notifier", consumer=make_consumer(s, group_id=s.notifier_group),
+            name="notifier", consumer=make_consumer(
+                s, group_id=s.notifier_group or f"{s.topic_prefix}-notifier"),
             topic=Topic.REQUEST_COMPLETED.full(s.topic_prefix), handler=handle,
             publisher=publisher, host=s.notifier_host, health_port=s.notifier_health_port,
             max_in_flight=s.notifier_max_in_flight, drain_seconds=s.notifier_drain_seconds)

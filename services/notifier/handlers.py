@@ -59,7 +59,11 @@ async def on_request_completed(deps: Deps, ev: RequestCompleted) -> None:
 
 
 def payload(s: Settings, ev: RequestCompleted, csv_url: str) -> dict[str, Any]:
-    return {"event": "request.completed", "event_id": ev.event_id,
+    # One id per completion: stable across re-deliveries of this completion,
+    # new when an operator resets and reprocesses the request.
+    notification_id = f"{ev.request_id}:{ev.completed_at.isoformat()}"
+    return {"event": "request.completed", "notification_id": notification_id,
+            "event_id": ev.event_id,
             "request_id": ev.request_id, "status": ev.status, "total": ev.total,
             "succeeded": ev.succeeded, "failed": ev.failed,
             "completed_at": ev.completed_at.isoformat(), "output_csv_url": csv_url,
@@ -72,7 +76,7 @@ async def deliver(deps: Deps, url: str, body_obj: dict[str, Any]) -> None:
     body = json.dumps(body_obj).encode()
     for attempt in range(1, s.webhook_max_attempts + 1):
         headers = {"Content-Type": "application/json", "X-Imgpipe-Event": "request.completed",
-                   "Idempotency-Key": f"{rid}:request.completed"}
+                   "Idempotency-Key": body_obj["notification_id"]}
         if s.webhook_secret:
             headers[signing.HEADER] = signing.sign(s.webhook_secret, body)
         error, permanent = await _post(deps.http, url, body, headers)

@@ -4,7 +4,8 @@ from shared.settings import CommonSettings
 
 
 class Settings(CommonSettings):
-    notifier_group: str = "imgpipe-notifier"
+    # Consumer group; defaults to "<topic_prefix>-notifier".
+    notifier_group: str = ""
     notifier_host: str = "127.0.0.1"
     notifier_health_port: int = 8003
     notifier_max_in_flight: int = 16

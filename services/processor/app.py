@@ -58,7 +58,8 @@ async def main(settings: Settings | None = None) -> None:
                 await processor.handle(event)
 
             await run_consumer_service(
-                name="processor", consumer=make_consumer(s, group_id=s.processor_group),
+                name="processor", consumer=make_consumer(
+                    s, group_id=s.processor_group or f"{s.topic_prefix}-processor"),
                 topic=Topic.IMAGE_REQUESTED.full(s.topic_prefix), handler=handle,
                 publisher=publisher, host=s.processor_host,
                 health_port=s.processor_health_port, max_in_flight=s.processor_max_in_flight,

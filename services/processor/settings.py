@@ -8,7 +8,8 @@ from shared.settings import CommonSettings
 class Settings(CommonSettings):
     """Processor knobs (env ``IMGPIPE_PROCESSOR_*`` style names below)."""
 
-    processor_group: str = "imgpipe-processor"
+    # Consumer group; defaults to "<topic_prefix>-processor".
+    processor_group: str = ""
     processor_health_port: int = 8002
     processor_host: str = "127.0.0.1"
     # Messages handled at once (downloads/uploads overlap with encoding).

@@ -117,7 +117,8 @@ def test_csv_to_output_csv_and_webhook(pipeline: Pipeline, http_server: HttpServ
     assert note["json"]["request_id"] == accepted["request_id"]
     assert note["json"]["status"] == "COMPLETED_WITH_ERRORS"
     assert note["json"]["output_csv_url"] == status["output_csv_url"]
-    assert note["headers"]["Idempotency-Key"] == f"{accepted['request_id']}:request.completed"
+    assert note["headers"]["Idempotency-Key"] == note["json"]["notification_id"]
+    assert note["json"]["notification_id"].startswith(accepted["request_id"])
 
 
 def test_unknown_request_is_a_json_404(pipeline: Pipeline) -> None:

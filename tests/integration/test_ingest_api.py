@@ -113,3 +113,12 @@ def test_the_same_url_is_fetched_once(pipeline: Pipeline, http_server: HttpServe
     products = httpx.get(f"{pipeline.status_url}/api/v1/requests/{rid}/products").json()
     outputs = [u for p in products for u in p["output_urls"]]
     assert len(outputs) == 3 and len(set(outputs)) == 1 and outputs[0]
+
+
+def test_the_upload_page_and_cors(pipeline: Pipeline) -> None:
+    page = httpx.get(f"{pipeline.ingest_url}/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert 'type="file"' in page.text and "/api/v1/requests" in page.text
+    resp = httpx.get(f"{pipeline.status_url}/api/v1/requests/x",
+                     headers={"Origin": "http://127.0.0.1:1"})
+    assert resp.headers.get("access-control-allow-origin") == "*"
