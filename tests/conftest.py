@@ -12,6 +12,7 @@ import logging
 import os
 import secrets
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -92,6 +93,7 @@ class HttpServer:
     files: dict[str, tuple[bytes, str]] = field(default_factory=dict)
     received: list[dict[str, Any]] = field(default_factory=list)
     hits: dict[str, int] = field(default_factory=dict)
+    delays: dict[str, float] = field(default_factory=dict)  # path -> seconds before answering
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}/{path.lstrip('/')}"
@@ -105,6 +107,8 @@ def _serve(server_state: HttpServer) -> ThreadingHTTPServer:
         def do_GET(self) -> None:
             path = self.path.lstrip("/")
             server_state.hits[path] = server_state.hits.get(path, 0) + 1
+            if path in server_state.delays:
+                time.sleep(server_state.delays[path])
             item = server_state.files.get(path)
             if item is None:
                 self.send_error(404)

@@ -11,6 +11,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterable, Awaitable, Callable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -27,13 +28,15 @@ log = logging.getLogger("aggregator")
 
 
 def create_app(s: Settings) -> faust.App:
+    datadir = Path(s.aggregator_datadir.format(app_id=s.app_id()))
+    datadir.mkdir(parents=True, exist_ok=True)  # Faust makes only the last level
     app = faust.App(
         s.app_id(), broker=f"kafka://{s.kafka_bootstrap}", store="memory://",
         autodiscover=False, web_enabled=True, web_port=s.aggregator_health_port,
         web_bind=s.aggregator_host, web_host=s.aggregator_host,
         topic_partitions=s.topic_partitions, topic_replication_factor=1,
         producer_acks=-1, consumer_auto_offset_reset="earliest",
-        broker_commit_interval=1.0, datadir=s.aggregator_datadir.format(app_id=s.app_id()),
+        broker_commit_interval=1.0, datadir=str(datadir),
     )
 
     def topic(t: Topic) -> faust.TopicT:

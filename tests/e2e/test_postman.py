@@ -80,4 +80,4 @@ def test_postman_collection_runs_green(pipeline: Pipeline, http_server: HttpServ
     [hook] = http_server.received
     assert hook["path"] == "/hook"
     assert hook["json"]["status"] == "COMPLETED"
-    assert hook["headers"]["Idempotency-Key"].endswith(":request.completed")
+    assert hook["headers"]["Idempotency-Key"] == hook["json"]["notification_id"]

@@ -1,0 +1,116 @@
+"""SIGTERM: the processor finishes what it started, commits, and exits."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from deploy.procs import free_port
+from shared.events import ImageDone, ImageRequested, decode
+from shared.kafka import EventPublisher, ensure_topics
+from shared.settings import CommonSettings
+from shared.topics import Topic
+from tests.conftest import HttpServer
+from tests.imagecorpus import encode, photo
+
+pytestmark = pytest.mark.stack
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def start_processor(env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.processor"], cwd=ROOT,
+        env={**os.environ, **env, "IMGPIPE_PROCESSOR_HEALTH_PORT": str(port)},
+        stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    return proc, port
+
+
+def health(port: int) -> dict[str, object]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+            return dict(json.loads(r.read()))
+    except OSError:
+        return {}
+
+
+async def wait_for(check: Callable[[], bool], within: float, what: str) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if check():
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_sigterm_drains_commits_and_exits(stack_env: dict[str, str],
+                                                http_server: HttpServer,
+                                                tmp_path: Path) -> None:
+    prefix = f"drain{uuid.uuid4().hex[:8]}"
+    env = {**stack_env, "IMGPIPE_TOPIC_PREFIX": prefix, "IMGPIPE_TOPIC_PARTITIONS": "1",
+           "IMGPIPE_PROCESSOR_WORKERS": "1"}
+    settings = CommonSettings(kafka_bootstrap=env["IMGPIPE_KAFKA_BOOTSTRAP"],
+                              topic_prefix=prefix, topic_partitions=1)
+    await ensure_topics(settings)
+    jpeg = encode(photo(), "JPEG", quality=80)
+    for name in ("slow1.jpg", "slow2.jpg", "slow3.jpg", "marker.jpg"):
+        http_server.files[name] = (jpeg, "image/jpeg")
+    for name in ("slow1.jpg", "slow2.jpg", "slow3.jpg"):
+        http_server.delays[name] = 3.0
+
+    publisher = EventPublisher(settings, client_id="test")
+    await publisher.start()
+    done_consumer = AIOKafkaConsumer(Topic.IMAGE_DONE.full(prefix),
+                                     bootstrap_servers=settings.kafka_bootstrap,
+                                     group_id=None, auto_offset_reset="earliest")
+    await done_consumer.start()
+    seen: list[ImageDone] = []
+
+    async def collect() -> None:
+        async for rec in done_consumer:
+            ev = decode(rec.value)
+            assert isinstance(ev, ImageDone)
+            seen.append(ev)
+
+    collector = asyncio.create_task(collect())
+    proc, port = start_processor(env, tmp_path / "p1.log")
+    try:
+        await wait_for(lambda: bool(health(port).get("assigned")), 120, "partition assignment")
+        rid = str(uuid.uuid4())
+        await publisher.publish_many([
+            ImageRequested(request_id=rid, image_id=str(uuid.uuid4()), serial=i + 1,
+                           product_name="P", position=0, url=http_server.url(f"slow{i + 1}.jpg"))
+            for i in range(3)])
+        await wait_for(lambda: health(port).get("in_flight") == 3, 60, "3 images in flight")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        await wait_for(lambda: len(seen) == 3, 30, "the drained results")
+        assert {e.status for e in seen} == {"succeeded"}
+
+        # A new processor in the same group starts after the committed offset.
+        proc, port = start_processor(env, tmp_path / "p2.log")
+        await publisher.publish(ImageRequested(
+            request_id=rid, image_id=str(uuid.uuid4()), serial=9, product_name="P",
+            position=0, url=http_server.url("marker.jpg")))
+        await wait_for(lambda: any(e.serial == 9 for e in seen), 120, "the marker image")
+        assert sorted(e.serial for e in seen) == [1, 2, 3, 9]  # nothing redone
+        assert http_server.hits["slow1.jpg"] == 1
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=60)
+        collector.cancel()
+        await done_consumer.stop()
+        await publisher.stop()
