@@ -172,3 +172,17 @@ def animated(fmt: str, **params: object) -> bytes:
         first, fmt, save_all=True, append_images=rest, duration=ANIMATION_DURATIONS,
         loop=0, **params,
     )
+
+
+def ycck_jpeg(quality: int = 90) -> bytes:
+    """A YCCK JPEG: Pillow cannot write one, so take a CMYK JPEG and set its
+    Adobe APP14 colour transform to 2 (YCCK); libjpeg then decodes the
+    components as YCCK and converts them to CMYK, as for a real YCCK file."""
+    data = bytearray(encode(photo().convert("CMYK"), "JPEG", quality=quality))
+    at = data.find(b"\xff\xeeAdobe")
+    if at < 0:
+        at = data.find(b"Adobe") - 4
+    transform = at + 4 + 11  # marker(2) + length(2) + "Adobe" version flags0 flags1
+    assert data[at:at + 2] == b"\xff\xee" and data[transform] in (0, 1, 2)
+    data[transform] = 2
+    return bytes(data)

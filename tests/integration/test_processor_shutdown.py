@@ -114,3 +114,50 @@ async def test_sigterm_drains_commits_and_exits(stack_env: dict[str, str],
         collector.cancel()
         await done_consumer.stop()
         await publisher.stop()
+
+
+async def test_a_slow_image_does_not_hold_up_its_partition(
+        stack_env: dict[str, str], http_server: HttpServer, tmp_path: Path) -> None:
+    """One partition; the first image takes seconds (a retry backoff or a slow
+    host): the ones behind it finish first, and everything is committed."""
+    prefix = f"slow{uuid.uuid4().hex[:8]}"
+    env = {**stack_env, "IMGPIPE_TOPIC_PREFIX": prefix, "IMGPIPE_TOPIC_PARTITIONS": "1",
+           "IMGPIPE_PROCESSOR_WORKERS": "1"}
+    settings = CommonSettings(kafka_bootstrap=env["IMGPIPE_KAFKA_BOOTSTRAP"],
+                              topic_prefix=prefix, topic_partitions=1)
+    await ensure_topics(settings)
+    jpeg = encode(photo(), "JPEG", quality=80)
+    http_server.files.update({"slow.jpg": (jpeg, "image/jpeg"), "f1.jpg": (jpeg, "image/jpeg"),
+                              "f2.jpg": (jpeg, "image/jpeg")})
+    http_server.delays["slow.jpg"] = 4.0
+    publisher = EventPublisher(settings, client_id="test")
+    await publisher.start()
+    consumer = AIOKafkaConsumer(Topic.IMAGE_DONE.full(prefix),
+                                bootstrap_servers=settings.kafka_bootstrap, group_id=None,
+                                auto_offset_reset="earliest")
+    await consumer.start()
+    order: list[str] = []
+
+    async def collect() -> None:
+        async for rec in consumer:
+            ev = decode(rec.value)
+            assert isinstance(ev, ImageDone)
+            order.append(ev.url.rsplit("/", 1)[1])
+
+    collector = asyncio.create_task(collect())
+    proc, port = start_processor(env, tmp_path / "p.log")
+    try:
+        await wait_for(lambda: bool(health(port).get("assigned")), 120, "partition assignment")
+        rid = str(uuid.uuid4())
+        await publisher.publish_many([
+            ImageRequested(request_id=rid, image_id=str(uuid.uuid4()), serial=i + 1,
+                           product_name="P", position=0, url=http_server.url(name))
+            for i, name in enumerate(["slow.jpg", "f1.jpg", "f2.jpg"])])
+        await wait_for(lambda: len(order) == 3, 60, "all three results")
+        assert order[-1] == "slow.jpg" and sorted(order[:2]) == ["f1.jpg", "f2.jpg"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+        collector.cancel()
+        await consumer.stop()
+        await publisher.stop()

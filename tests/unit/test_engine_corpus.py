@@ -62,6 +62,7 @@ def _cases() -> list[Case]:
     cases = [_case_jpeg_quality(q) for q in range(10, 101, 10)]
     progressive = _bytes(lambda: _jpeg(85, progressive=True))
     cmyk = _bytes(lambda: corpus.encode(corpus.photo().convert("CMYK"), "JPEG", quality=90))
+    ycck = _bytes(corpus.ycck_jpeg)
     grey = _bytes(lambda: corpus.encode(corpus.photo().convert("L"), "JPEG", quality=85))
     icc = _bytes(lambda: _jpeg(90, icc_profile=corpus.srgb_icc()))
     png_rgba = _bytes(lambda: corpus.encode(corpus.rgba_photo(), "PNG"))
@@ -85,6 +86,8 @@ def _cases() -> list[Case]:
              method="standard_tables_exact", reference=_decoded(progressive()), out_mode="RGB"),
         Case("jpeg-cmyk", cmyk, "JPEG", quality_in=90, method="standard_tables_exact",
              reference=_decoded(cmyk()), out_mode="CMYK"),
+        Case("jpeg-ycck", ycck, "JPEG", quality_in=90, method="standard_tables_exact",
+             reference=_decoded(ycck()), out_mode="CMYK"),
         Case("jpeg-greyscale", grey, "JPEG", quality_in=85, method="standard_tables_exact",
              reference=_decoded(grey()), out_mode="L"),
         Case("jpeg-icc-profile", icc, "JPEG", quality_in=90, method="standard_tables_exact",
@@ -214,3 +217,12 @@ def test_reencoded_as_expected(case: Case) -> None:
     else:
         assert forced.bytes_out < len(data)
         assert kept.data == forced.data
+
+
+def test_the_ycck_sample_really_is_decoded_as_ycck() -> None:
+    """Guards the YCCK case above: the transform flag must change the decode."""
+    ycck = Image.open(io.BytesIO(corpus.ycck_jpeg()))
+    plain = Image.open(io.BytesIO(corpus.encode(corpus.photo().convert("CMYK"), "JPEG",
+                                                quality=90)))
+    assert ycck.mode == plain.mode == "CMYK"
+    assert ycck.tobytes() != plain.tobytes()
