@@ -30,7 +30,7 @@ test-e2e: install
 
 lint: install
 	.venv/bin/ruff check .
-	.venv/bin/mypy shared services deploy
+	.venv/bin/mypy shared services deploy tests bench
 
 stack-up: install
 	$(PY) -m deploy.localstack up

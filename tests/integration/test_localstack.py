@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -43,7 +44,7 @@ async def test_restart_keeps_topics_documents_and_offsets(tmp_path: Path) -> Non
         for i in range(5):
             await producer.send_and_wait(topic, f"m{i}".encode(), key=b"k")
         await producer.stop()
-        with MongoClient(f"mongodb://127.0.0.1:{state.mongo_port}") as client:
+        with MongoClient[dict[str, Any]](f"mongodb://127.0.0.1:{state.mongo_port}") as client:
             client.persist.docs.insert_one({"_id": "kept"})
 
         stack.down()
@@ -63,7 +64,7 @@ async def test_restart_keeps_topics_documents_and_offsets(tmp_path: Path) -> Non
         finally:
             await consumer.stop()
         assert values == [f"m{i}".encode() for i in range(5)]
-        with MongoClient(f"mongodb://127.0.0.1:{state.mongo_port}") as client:
+        with MongoClient[dict[str, Any]](f"mongodb://127.0.0.1:{state.mongo_port}") as client:
             assert client.persist.docs.find_one({"_id": "kept"}) is not None
     finally:
         stack.down()
