@@ -31,7 +31,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from tqdm import tqdm
 
 from shared.errors import InvalidInputError
-from shared.events import AnyEvent, ImageRequested, decode
+from shared.events import AnyEvent, ImageDone, ImageRequested, decode
 from shared.kafka import EventPublisher
 from shared.mongo import Store, make_client
 from shared.settings import CommonSettings
@@ -39,21 +39,28 @@ from shared.topics import Topic
 
 log = logging.getLogger("replay")
 TOPICS = {t.value.removesuffix(".v1"): t for t in Topic if t is not Topic.DEAD_LETTER}
+RESETTABLE = (Topic.IMAGE_REQUESTED, Topic.IMAGE_DONE)
+
+
+def identity(event: AnyEvent) -> tuple[object, ...]:
+    """What makes two events the same work: one URL position, or one request."""
+    if isinstance(event, ImageRequested | ImageDone):
+        return (event.request_id, event.serial, event.position)
+    return (event.request_id,)
 
 
 async def collect(s: CommonSettings, topic: Topic, request_ids: set[str] | None,
-                  idle: float) -> list[bytes]:
-    """Read the whole topic (until idle) and keep matching raw events."""
+                  idle: float) -> list[AnyEvent]:
+    """Read the whole topic (until idle) and keep the matching events, one per
+    position (or per request): the latest, since earlier replays added copies."""
     consumer = AIOKafkaConsumer(bootstrap_servers=s.kafka_bootstrap, enable_auto_commit=False,
                                 group_id=None, auto_offset_reset="earliest")
     await consumer.start()
-    kept: list[bytes] = []
+    kept: dict[tuple[object, ...], AnyEvent] = {}
     try:
         name = topic.full(s.topic_prefix)
+        await consumer.topics()  # refreshes the cluster metadata
         partitions = consumer.partitions_for_topic(name) or set()
-        if not partitions:
-            await consumer._client.force_metadata_update()
-            partitions = consumer.partitions_for_topic(name) or set()
         tps = [TopicPartition(name, p) for p in sorted(partitions)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
@@ -70,16 +77,33 @@ async def collect(s: CommonSettings, topic: Topic, request_ids: set[str] | None,
                         except InvalidInputError:
                             continue
                         if request_ids is None or event.request_id in request_ids:
-                            kept.append(rec.value)
+                            kept[identity(event)] = event
     finally:
         await consumer.stop()
-    return kept
+    return list(kept.values())
+
+
+class ReplayRefused(Exception):
+    """The replay would leave a request worse off; nothing was changed."""
+
+
+async def check_complete(store: Store, request_id: str, events: list[AnyEvent]) -> None:
+    """A reset is only safe when every position of the request will be replayed."""
+    request = await store.requests.find_one({"_id": request_id})
+    if request is None:
+        raise ReplayRefused(f"no request {request_id} in MongoDB")
+    found = sum(1 for e in events if e.request_id == request_id)
+    if found != request["image_count"]:
+        raise ReplayRefused(
+            f"request {request_id} has {request['image_count']} images but only {found} "
+            "were found on the topic (retention?): a reset would leave it unfinished. "
+            "Replay without --reset, or pass --force.")
 
 
 async def reset(store: Store, request_id: str) -> None:
     request = await store.requests.find_one({"_id": request_id})
     if request is None:
-        raise SystemExit(f"no request {request_id} in MongoDB")
+        raise ReplayRefused(f"no request {request_id} in MongoDB")
     await store.images.delete_many({"request_id": request_id})
     async for product in store.products.find({"request_id": request_id}, {"input_urls": 1}):
         await store.products.update_one(
@@ -102,31 +126,38 @@ def mark(event: AnyEvent, replay_id: str) -> AnyEvent:
 
 
 async def replay(s: CommonSettings, topic: Topic, request_ids: list[str] | None, *,
-                 do_reset: bool, idle: float, dry_run: bool) -> int:
+                 do_reset: bool, idle: float, dry_run: bool, force: bool = False) -> int:
+    if do_reset and topic not in RESETTABLE:
+        raise ReplayRefused("--reset only goes with image.requested or image.done: replaying "
+                            f"{topic.value} after a reset would leave the request unfinished")
     wanted = set(request_ids) if request_ids else None
-    raw_events = await collect(s, topic, wanted, idle)
-    log.info("%s matching event(s) found on %s", len(raw_events), topic.full(s.topic_prefix))
-    if dry_run or not raw_events:
-        return len(raw_events)
+    found = await collect(s, topic, wanted, idle)
+    log.info("%s matching event(s) found on %s", len(found), topic.full(s.topic_prefix))
+    if dry_run or not found:
+        return len(found)
     if do_reset:
         client = make_client(s)
         try:
+            store = Store.from_client(client, s)
             for rid in sorted(wanted or set()):
-                await reset(Store.from_client(client, s), rid)
+                if not force:
+                    await check_complete(store, rid, found)
+            for rid in sorted(wanted or set()):
+                await reset(store, rid)
         finally:
             await client.close()
     publisher = EventPublisher(s, client_id="imgpipe-replay")
     await publisher.start()
     try:
         replay_id = str(uuid.uuid4())
-        events = [mark(decode(raw), replay_id) for raw in raw_events]
+        events = [mark(event, replay_id) for event in found]
         for start in tqdm(range(0, len(events), 1000), desc="publishing", unit=" batches",
                           file=sys.stderr):
             await publisher.publish_many(events[start:start + 1000])
     finally:
         await publisher.stop()
-    log.info("replayed %s event(s)", len(raw_events))
-    return len(raw_events)
+    log.info("replayed %s event(s)", len(events))
+    return len(events)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,13 +170,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle", type=float, default=5.0,
                         help="stop reading after this many seconds without new events")
     parser.add_argument("--dry-run", action="store_true", help="count, publish nothing")
+    parser.add_argument("--force", action="store_true",
+                        help="reset even if not every image of the request was found")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.reset and not args.request_ids:
         parser.error("--reset needs --request-id (it resets one request at a time)")
     settings = CommonSettings()
-    asyncio.run(replay(settings, TOPICS[args.topic], args.request_ids, do_reset=args.reset,
-                       idle=args.idle, dry_run=args.dry_run))
+    try:
+        asyncio.run(replay(settings, TOPICS[args.topic], args.request_ids, do_reset=args.reset,
+                           idle=args.idle, dry_run=args.dry_run, force=args.force))
+    except ReplayRefused as exc:
+        log.error("refused: %s", exc)
+        return 2
     return 0
 
 

@@ -4,14 +4,21 @@ Messages are handled concurrently (up to ``max_in_flight``), so one slow item
 (a retrying download, a webhook with backoff) never stalls its partition.
 Offsets are committed only up to the lowest message still in flight on each
 partition, so a crash re-delivers whatever was not finished; handlers are
-therefore idempotent. Error handling follows ``shared.errors``:
+therefore idempotent. Error handling follows ``shared.errors`` / ``shared.retry``:
 
 - ``PermanentError`` (e.g. an undecodable event): dead-lettered, then committed;
-- ``TransientError``: retried with backoff until it succeeds or we shut down;
-- anything else: logged, treated as transient.
+- transient errors (``TransientError``, network, MongoDB, Kafka, S3): retried
+  with backoff until they succeed or we shut down;
+- anything else (a bug, unexpected data): retried a few times, then
+  dead-lettered with the error, so it cannot stall its partition.
+A failing dead-letter publish is itself retried: nothing is committed past a
+message that was neither handled nor parked.
 
-``stop()`` (wired to SIGTERM) stops fetching, drains in-flight work for up to
-``drain_seconds``, commits and closes.
+When every slot is busy the loop pauses its partitions and keeps polling, so
+the consumer stays in its group. On a rebalance, the work of revoked
+partitions gets ``revoke_seconds`` to finish (then it is cancelled and left to
+the new owner), and is committed. ``stop()`` (wired to SIGTERM) stops fetching,
+drains in-flight work for up to ``drain_seconds``, commits and closes.
 """
 
 from __future__ import annotations
@@ -19,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -27,6 +33,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from shared.errors import PermanentError
+from shared.retry import MAX_UNEXPECTED_ATTEMPTS, backoff, is_transient
 
 log = logging.getLogger(__name__)
 
@@ -35,16 +42,24 @@ DeadLetter = Callable[[ConsumerRecord[Any, Any], Exception], Awaitable[None]]
 
 
 class _Tracker:
-    """Per-partition offsets: which are in flight, what may be committed."""
+    """Per-partition offsets: which are in flight, what may be committed.
+
+    Each assignment of a partition has an epoch; a task started under an
+    earlier assignment cannot record anything after the partition was revoked.
+    """
 
     def __init__(self) -> None:
         self.in_flight: dict[TopicPartition, set[int]] = {}
         self.highest_done: dict[TopicPartition, int] = {}
+        self.epochs: dict[TopicPartition, int] = {}
 
-    def start(self, tp: TopicPartition, offset: int) -> None:
+    def start(self, tp: TopicPartition, offset: int) -> int:
         self.in_flight.setdefault(tp, set()).add(offset)
+        return self.epochs.get(tp, 0)
 
-    def finish(self, tp: TopicPartition, offset: int) -> None:
+    def finish(self, tp: TopicPartition, offset: int, epoch: int = 0) -> None:
+        if epoch != self.epochs.get(tp, 0):
+            return  # started before a revoke: the partition's new life ignores it
         self.in_flight.get(tp, set()).discard(offset)
         self.highest_done[tp] = max(self.highest_done.get(tp, -1), offset)
 
@@ -59,23 +74,27 @@ class _Tracker:
         for tp in partitions:
             self.in_flight.pop(tp, None)
             self.highest_done.pop(tp, None)
+            self.epochs[tp] = self.epochs.get(tp, 0) + 1
 
 
 class ConsumerLoop:
     def __init__(self, consumer: AIOKafkaConsumer, handler: Handler, *,
                  dead_letter: DeadLetter, max_in_flight: int = 32,
-                 drain_seconds: float = 30.0, commit_interval: float = 1.0) -> None:
+                 drain_seconds: float = 30.0, revoke_seconds: float = 15.0,
+                 commit_interval: float = 1.0) -> None:
         self.consumer = consumer
         self.handler = handler
         self.dead_letter = dead_letter
         self.max_in_flight = max_in_flight
         self.drain_seconds = drain_seconds
+        self.revoke_seconds = revoke_seconds
         self.commit_interval = commit_interval
         self._tracker = _Tracker()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: dict[asyncio.Task[None], TopicPartition] = {}
         self._stopping = asyncio.Event()
         self._committed: dict[TopicPartition, int] = {}
         self.handled = 0
+        self.dead_lettered = 0
 
     @property
     def in_flight(self) -> int:
@@ -89,27 +108,40 @@ class ConsumerLoop:
 
         class _Listener(ConsumerRebalanceListener):
             async def on_partitions_revoked(self, revoked: Any) -> None:
-                await loop.commit()
-                loop._tracker.forget(set(revoked))
+                await loop.revoke(set(revoked))
 
             async def on_partitions_assigned(self, assigned: Any) -> None:
                 return None
 
         return _Listener()
 
+    async def revoke(self, revoked: set[TopicPartition]) -> None:
+        """Let the revoked partitions' work finish (bounded), commit, forget them."""
+        tasks = [t for t, tp in self._tasks.items() if tp in revoked]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=self.revoke_seconds)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        await self.commit()
+        self._tracker.forget(revoked)
+        for tp in revoked:
+            self._committed.pop(tp, None)
+
     async def run(self) -> None:
         last_commit = asyncio.get_running_loop().time()
         try:
             while not self._stopping.is_set():
                 room = self.max_in_flight - len(self._tasks)
-                if room <= 0:
-                    await asyncio.wait(self._tasks, timeout=0.5,
-                                       return_when=asyncio.FIRST_COMPLETED)
-                else:
-                    batches = await self.consumer.getmany(timeout_ms=300, max_records=room)
-                    for tp, records in batches.items():
-                        for record in records:
-                            self._spawn(tp, record)
+                assigned = self.consumer.assignment()
+                if room <= 0:  # keep polling (group membership) but fetch nothing
+                    self.consumer.pause(*assigned)
+                elif self.consumer.paused():
+                    self.consumer.resume(*self.consumer.paused())
+                batches = await self.consumer.getmany(timeout_ms=300, max_records=max(room, 1))
+                for tp, records in batches.items():
+                    for record in records:
+                        self._spawn(tp, record)
                 now = asyncio.get_running_loop().time()
                 if now - last_commit >= self.commit_interval:
                     await self.commit()
@@ -118,34 +150,51 @@ class ConsumerLoop:
             await self._drain()
 
     def _spawn(self, tp: TopicPartition, record: ConsumerRecord[Any, Any]) -> None:
-        self._tracker.start(tp, record.offset)
-        task = asyncio.create_task(self._handle(tp, record))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        epoch = self._tracker.start(tp, record.offset)
+        task = asyncio.create_task(self._handle(tp, record, epoch))
+        self._tasks[task] = tp
+        task.add_done_callback(self._done)
 
-    async def _handle(self, tp: TopicPartition, record: ConsumerRecord[Any, Any]) -> None:
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.pop(task, None)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("consumer task failed: %r", task.exception())
+
+    async def _handle(self, tp: TopicPartition, record: ConsumerRecord[Any, Any],
+                      epoch: int) -> None:
+        where = f"{tp.topic}[{tp.partition}]@{record.offset}"
         attempt = 0
+        park: Exception | None = None  # set once the message is to be dead-lettered
         while True:
             try:
-                await self.handler(record)
-                break
-            except PermanentError as exc:
-                log.warning("dead-lettering %s[%s]@%s: %s", tp.topic, tp.partition,
-                            record.offset, exc)
-                await self.dead_letter(record, exc)
+                if park is None:
+                    await self.handler(record)
+                else:
+                    await self.dead_letter(record, park)
+                    self.dead_lettered += 1
                 break
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # transient or unknown: retry, never drop
-                attempt += 1
-                delay = min(30.0, 0.5 * 2 ** min(attempt, 6)) * random.uniform(0.5, 1.0)
-                log.warning("retrying %s[%s]@%s in %.1fs after %r", tp.topic, tp.partition,
-                            record.offset, delay, exc)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), timeout=delay)
-                if self._stopping.is_set():
-                    return  # not committed: redelivered after restart
-        self._tracker.finish(tp, record.offset)
+            except PermanentError as exc:
+                if park is None:
+                    log.warning("dead-lettering %s: %s", where, exc)
+                    park, attempt = exc, 0
+                    continue
+                error: Exception = exc
+            except Exception as exc:
+                error = exc
+            attempt += 1
+            if park is None and not is_transient(error) and attempt >= MAX_UNEXPECTED_ATTEMPTS:
+                log.error("dead-lettering %s after %s attempts: %r", where, attempt, error)
+                park, attempt = error, 0
+                continue
+            delay = backoff(attempt)
+            log.warning("retrying %s in %.1fs after %r", where, delay, error)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+            if self._stopping.is_set():
+                return  # not committed: redelivered after restart
+        self._tracker.finish(tp, record.offset, epoch)
         self.handled += 1
 
     async def commit(self) -> None:
@@ -164,7 +213,7 @@ class ConsumerLoop:
     async def _drain(self) -> None:
         if self._tasks:
             log.info("draining %s in-flight message(s)", len(self._tasks))
-            _, pending = await asyncio.wait(self._tasks, timeout=self.drain_seconds)
+            _, pending = await asyncio.wait(list(self._tasks), timeout=self.drain_seconds)
             for task in pending:
                 task.cancel()
             if pending:

@@ -9,6 +9,8 @@ Collections (see docs/database.md):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 from pymongo import ASCENDING, AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
@@ -55,6 +57,22 @@ class Store:
             [("request_id", ASCENDING), ("serial", ASCENDING), ("position", ASCENDING)]
         )
         await self.images.create_index([("request_id", ASCENDING), ("status", ASCENDING)])
+
+
+def new_request_doc(request_id: str, *, product_count: int, image_count: int,
+                    webhook_url: str | None, created_at: datetime, filename: str | None,
+                    accepted: bool, **extra: Any) -> dict[str, Any]:
+    """A request as first written (by ingest, or by the aggregator on a replay
+    into an empty database): one template, so both agree on every field."""
+    return {
+        "_id": request_id, "accepted": accepted, "status": "QUEUED",
+        "product_count": product_count, "image_count": image_count,
+        "succeeded": 0, "failed": 0, "webhook_url": webhook_url,
+        "webhook": {"status": "pending" if webhook_url else "none", "attempts": 0},
+        "filename": filename, "created_at": created_at, "updated_at": created_at,
+        "started_at": None, "completed_at": None, "output_csv_url": None,
+        "completion_published": False, **extra,
+    }
 
 
 def product_id(request_id: str, serial: int) -> str:

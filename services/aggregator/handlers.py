@@ -27,25 +27,35 @@ from pymongo.errors import DuplicateKeyError
 from shared.errors import TransientError
 from shared.events import ImageDone, RequestCompleted, RequestCreated, now_utc
 from shared.logs import request_id_var
-from shared.mongo import TERMINAL_STATUSES, Store, position_id, product_id
+from shared.mongo import TERMINAL_STATUSES, Store, new_request_doc, position_id, product_id
 
 log = logging.getLogger(__name__)
 Publish = Callable[[RequestCompleted], Awaitable[None]]
 PUBLISH_LEASE_SECONDS = 60.0
 
 
-async def record_request_created(store: Store, ev: RequestCreated) -> None:
-    """Ingest writes the request itself; this re-creates it on a replay into an
-    empty database (``$setOnInsert`` only: never overwrites live state)."""
-    now = now_utc()
-    await store.requests.update_one({"_id": ev.request_id}, {"$setOnInsert": {
-        "accepted": True, "status": "QUEUED", "product_count": ev.product_count,
-        "image_count": ev.image_count, "succeeded": 0, "failed": 0,
-        "webhook_url": ev.webhook_url,
-        "webhook": {"status": "pending" if ev.webhook_url else "none", "attempts": 0},
-        "filename": ev.source_filename, "created_at": ev.created_at, "updated_at": now,
-        "completed_at": None, "output_csv_url": None, "completion_published": False,
-    }}, upsert=True)
+async def record_request_created(store: Store, ev: RequestCreated,
+                                 publish: Publish | None = None) -> None:
+    """Ingest writes the request itself, then publishes this event last, after
+    setting ``accepted``: so here the request is checked for completion (its
+    images may all be done already). On a replay into an empty database the
+    request is re-created (``$setOnInsert`` only: live state is never
+    overwritten) and recounted, since its images may have been recorded first."""
+    fresh = new_request_doc(
+        ev.request_id, product_count=ev.product_count, image_count=ev.image_count,
+        webhook_url=ev.webhook_url, created_at=ev.created_at, filename=ev.source_filename,
+        accepted=True)
+    del fresh["_id"]
+    result = await store.requests.update_one({"_id": ev.request_id},
+                                             {"$setOnInsert": fresh}, upsert=True)
+    if result.upserted_id is not None:
+        # Re-created: images recorded before it existed were never counted.
+        # (Only here: a recount racing a live increment would count twice.)
+        request = await recount(store, ev.request_id)
+    else:
+        request = await store.requests.find_one({"_id": ev.request_id})
+    if request is not None and publish is not None:
+        await maybe_complete(store, request, publish)
 
 
 async def record_image_done(store: Store, ev: ImageDone, publish: Publish) -> None:
@@ -122,8 +132,11 @@ async def maybe_complete(store: Store, request: dict[str, Any], publish: Publish
     succeeded, failed = request["succeeded"], request["failed"]
     if succeeded + failed < request["image_count"] or request.get("completion_published"):
         return
-    if request.get("withdrawn"):
-        return  # ingest could not enqueue it all and told the client so
+    if request.get("withdrawn") or not request.get("accepted"):
+        # Not (yet) accepted: ingest publishes request-created after setting the
+        # flag, and that event runs this check again. Withdrawn: ingest told the
+        # client it failed, so it must never complete or notify.
+        return
     rid, now = request["_id"], now_utc()
     lease = {"publish_lease_until": now + timedelta(seconds=lease_seconds)}
     if request["status"] not in TERMINAL_STATUSES:

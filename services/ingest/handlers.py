@@ -23,7 +23,7 @@ from shared.errors import ImgpipeError, InvalidInputError
 from shared.events import ImageRequested, RequestCreated, event_key, image_id_for, now_utc
 from shared.kafka import EventPublisher
 from shared.logs import request_id_var
-from shared.mongo import Store, product_id
+from shared.mongo import Store, new_request_doc, product_id
 from shared.netguard import check_url, check_url_static
 from shared.topics import Topic
 
@@ -90,15 +90,11 @@ async def accept_upload(deps: Deps, stream: BinaryIO, *, filename: str | None,
     request_id = str(uuid.uuid4())
     request_id_var.set(request_id)
     now = now_utc()
-    doc: dict[str, Any] = {
-        "_id": request_id, "accepted": False, "status": "QUEUED",
-        "product_count": report.product_count, "image_count": report.image_count,
-        "succeeded": 0, "failed": 0, "webhook_url": webhook_url or None,
-        "webhook": {"status": "pending" if webhook_url else "none", "attempts": 0},
-        "filename": filename, "file_sha256": sha, "created_at": now, "updated_at": now,
-        "started_at": None, "completed_at": None, "output_csv_url": None,
-        "completion_published": False,
-    }
+    doc = new_request_doc(
+        request_id, product_count=report.product_count, image_count=report.image_count,
+        webhook_url=webhook_url or None, created_at=now, filename=filename, accepted=False,
+        file_sha256=sha, warnings=[w.as_dict() for w in report.warnings],
+        warning_count=report.warning_count)
     if idempotency_key:
         doc["idempotency_key"] = idempotency_key
     try:
@@ -109,16 +105,19 @@ async def accept_upload(deps: Deps, stream: BinaryIO, *, filename: str | None,
             return earlier
         raise
     try:
+        await _store_and_publish(deps, request_id, stream)
+        # Accepted only once every image event is acknowledged; request-created
+        # goes last, so the aggregator's completion check on it sees the flag.
+        await deps.store.requests.update_one({"_id": request_id},
+                                             {"$set": {"accepted": True}})
         await deps.publisher.publish(RequestCreated(
             request_id=request_id, product_count=report.product_count,
             image_count=report.image_count, webhook_url=webhook_url or None,
             created_at=now, source_filename=filename))
-        await _store_and_publish(deps, request_id, stream)
     except BaseException:
         log.exception("request %s could not be enqueued; withdrawing it", request_id)
         await _withdraw(deps, request_id)
         raise
-    await deps.store.requests.update_one({"_id": request_id}, {"$set": {"accepted": True}})
     log.info("accepted %s products, %s images from %r", report.product_count,
              report.image_count, filename)
     return Accepted(request_id, report.product_count, report.image_count,
@@ -185,7 +184,7 @@ def _image_events(request_id: str, row: ProductRow) -> list[ImageRequested]:
 async def _withdraw(deps: Deps, request_id: str) -> None:
     await deps.store.requests.update_one(
         {"_id": request_id},
-        {"$set": {"status": "FAILED", "withdrawn": True,
+        {"$set": {"status": "FAILED", "withdrawn": True, "accepted": False,
                   "error": "could not enqueue the request"},
          "$unset": {"idempotency_key": ""}})
     await deps.store.products.delete_many({"request_id": request_id})
@@ -207,7 +206,9 @@ async def _earlier(deps: Deps, key: str, sha: str) -> Accepted | None:
                 "retry in a few seconds")
         await _withdraw(deps, doc["_id"])  # an attempt that died half-way
         return None
-    return Accepted(doc["_id"], doc["product_count"], doc["image_count"], replayed=True)
+    return Accepted(doc["_id"], doc["product_count"], doc["image_count"],
+                    [CsvIssue(**w) for w in doc.get("warnings") or []],
+                    doc.get("warning_count", 0), replayed=True)
 
 
 async def _check_webhook(deps: Deps, url: str) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 from services.processor.engine import CompressResult, EnginePool
 from services.processor.fetch import Fetcher
-from shared.errors import ImgpipeError
+from shared.errors import ImgpipeError, PermanentError
 from shared.events import ImageDone, ImageRequested
 from shared.kafka import EventPublisher
 from shared.logs import request_id_var
@@ -56,7 +56,7 @@ class ImageProcessor:
     async def _outcome_for(self, event: ImageRequested) -> Outcome:
         key = f"{event.image_id}/{event.replay_id or ''}"
         fut = self._outcomes.get(key)
-        if fut is not None and not (fut.done() and fut.exception()):
+        if fut is not None:  # failed attempts are never cached
             self._outcomes.move_to_end(key)
             return await asyncio.shield(fut)
         fut = asyncio.get_running_loop().create_future()
@@ -65,7 +65,12 @@ class ImageProcessor:
             self._outcomes.popitem(last=False)
         try:
             outcome = await self._process(event)
+        except asyncio.CancelledError:
+            self._outcomes.pop(key, None)
+            fut.cancel()
+            raise
         except BaseException as exc:
+            self._outcomes.pop(key, None)  # not cached: the retry does the work again
             fut.set_exception(exc)
             fut.exception()  # mark retrieved: waiters re-raise, nobody logs it twice
             raise
@@ -73,12 +78,15 @@ class ImageProcessor:
         return outcome
 
     async def _process(self, event: ImageRequested) -> Outcome:
-        """Transient infrastructure errors propagate (the loop retries);
-        anything wrong with the image itself becomes a failed outcome."""
+        """Anything wrong with the image itself (or its URL) becomes a failed
+        outcome; transient trouble of our own (engine, storage, broker)
+        propagates, and the consumer loop retries the message. The fetcher
+        retries transient faults of the remote host itself and then reports a
+        permanent error."""
         try:
             fetched = await self.fetcher.fetch(event.url)
             result = await self.pool.compress(fetched.data)
-        except ImgpipeError as exc:  # the fetcher has already retried transient faults
+        except PermanentError as exc:
             return failed(exc)
         key = object_key(event.request_id, event.image_id, result.extension)
         url = await self.store.put(key, result.data, result.content_type)

@@ -28,10 +28,12 @@ def wait_status(p: Pipeline, rid: str, ok: Any, timeout: float = 120) -> dict[st
     raise AssertionError(f"timed out; last status {status}")
 
 
-def replay(p: Pipeline, *args: str) -> None:
-    subprocess.run([sys.executable, "-m", "deploy.replay", "--idle", "3", *args],
-                   env={**os.environ, **p.env}, check=True, timeout=120,
-                   capture_output=True)
+def replay(p: Pipeline, *args: str, expect: int = 0) -> str:
+    done = subprocess.run([sys.executable, "-m", "deploy.replay", "--idle", "3", *args],
+                          env={**os.environ, **p.env}, timeout=120, capture_output=True,
+                          text=True)
+    assert done.returncode == expect, done.stderr
+    return done.stderr
 
 
 def test_replay_and_reset_reprocess_a_request(pipeline: Pipeline,
@@ -57,6 +59,16 @@ def test_replay_and_reset_reprocess_a_request(pipeline: Pipeline,
     assert (again["succeeded"], again["failed"], again["status"]) == (2, 0, "COMPLETED")
     assert again["completed_at"] == first["completed_at"]
     assert len(http_server.received) == 1
+
+    # A reset that would leave the request unfinished is refused, changing nothing.
+    refused = replay(pipeline, "--topic", "request.completed", "--request-id", rid, "--reset",
+                     expect=2)
+    assert "only goes with image.requested" in refused
+    refused = replay(pipeline, "--topic", "image.requested", "--request-id", rid,
+                     "--request-id", "no-such-request", "--reset", expect=2)
+    assert "no request no-such-request" in refused
+    assert httpx.get(f"{pipeline.status_url}/api/v1/requests/{rid}").json()["status"] == \
+        "COMPLETED"
 
     # --reset: the request is processed afresh and completes (and notifies) again.
     replay(pipeline, "--topic", "image.requested", "--request-id", rid, "--reset")

@@ -13,7 +13,7 @@ import pytest
 from services.aggregator.handlers import record_image_done, record_request_created
 from shared.errors import TransientError
 from shared.events import ImageDone, RequestCompleted, RequestCreated, now_utc
-from shared.mongo import Store, make_client, position_id, product_id
+from shared.mongo import Store, make_client, new_request_doc, position_id, product_id
 from shared.settings import CommonSettings
 
 pytestmark = pytest.mark.stack
@@ -148,3 +148,42 @@ async def test_an_expired_lease_is_taken_over(store: Store) -> None:
         "publish_lease_until": now_utc() - timedelta(seconds=1)}})
     await record_image_done(store, done(rid, 0), published)
     assert [p.status for p in published] == ["COMPLETED"]
+
+
+async def test_images_recorded_before_the_request_exists_are_counted(store: Store) -> None:
+    """A replay into an empty database: image.done can overtake request.created."""
+    rid, published = str(uuid.uuid4()), Published()
+    await record_image_done(store, done(rid, 0), published)
+    await record_image_done(store, done(rid, 1, ok=False), published)
+    assert published == []
+    await record_request_created(store, RequestCreated(
+        request_id=rid, product_count=1, image_count=2, created_at=now_utc()), published)
+    req = await store.requests.find_one({"_id": rid})
+    assert req is not None and (req["succeeded"], req["failed"]) == (1, 1)
+    assert [p.status for p in published] == ["COMPLETED_WITH_ERRORS"]
+
+
+async def test_a_request_completes_only_once_accepted(store: Store) -> None:
+    """Ingest flips ``accepted`` after the last image event, then publishes
+    request.created: a tiny request may finish processing before that."""
+    rid, published = str(uuid.uuid4()), Published()
+    await store.requests.insert_one(new_request_doc(
+        rid, product_count=1, image_count=1, webhook_url=None, created_at=now_utc(),
+        filename=None, accepted=False))
+    await record_image_done(store, done(rid, 0), published)
+    assert published == []  # all images done, but not accepted yet
+    await store.requests.update_one({"_id": rid}, {"$set": {"accepted": True}})
+    await record_request_created(store, RequestCreated(
+        request_id=rid, product_count=1, image_count=1, created_at=now_utc()), published)
+    assert [p.status for p in published] == ["COMPLETED"]
+
+
+async def test_a_withdrawn_request_never_completes(store: Store) -> None:
+    rid, published = str(uuid.uuid4()), Published()
+    await store.requests.insert_one(new_request_doc(
+        rid, product_count=1, image_count=1, webhook_url="http://hook", created_at=now_utc(),
+        filename=None, accepted=False, withdrawn=True))
+    await record_image_done(store, done(rid, 0), published)
+    await record_request_created(store, RequestCreated(
+        request_id=rid, product_count=1, image_count=1, created_at=now_utc()), published)
+    assert published == []
