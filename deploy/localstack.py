@@ -114,12 +114,11 @@ class LocalStack:
     # -- servers --------------------------------------------------------------
     def _start_s3(self, st: StackState) -> None:
         config = self.data / "s3-identities.json"
-        config.write_text(json.dumps({"identities": [{
+        _write_private(config, json.dumps({"identities": [{
             "name": "imgpipe",
             "credentials": [{"accessKey": st.access_key, "secretKey": st.secret_key}],
             "actions": ["Admin", "Read", "Write", "List", "Tagging"],
         }]}))
-        config.chmod(0o600)
         p = {n: free_port() for n in ("master", "volume", "filer", "s3g", "mg", "vg", "fg")}
         admin = _port_pair()
         cmd = [
@@ -179,8 +178,7 @@ class LocalStack:
             return creds["access_key"], creds["secret_key"]
         self.data.mkdir(parents=True, exist_ok=True)
         key, secret = "imgpipe" + secrets.token_hex(6), secrets.token_urlsafe(30)
-        path.write_text(json.dumps({"access_key": key, "secret_key": secret}))
-        path.chmod(0o600)
+        _write_private(path, json.dumps({"access_key": key, "secret_key": secret}))
         return key, secret
 
     def _load(self) -> StackState | None:
@@ -190,6 +188,15 @@ class LocalStack:
 
     def _save(self, st: StackState) -> None:
         self.state_file.write_text(json.dumps(asdict(st), indent=2))
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a secret file that is never readable by others, not even briefly:
+    created with mode 0600 (an existing file is truncated and re-moded)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(f.fileno(), 0o600)  # O_CREAT's mode does not apply to an existing file
+        f.write(text)
 
 
 def _bin(name: str) -> str:

@@ -59,9 +59,6 @@ class Services:
                 log.info("stopping %s", svc.name)
                 stop_pid(svc.pid, timeout=40)
 
-    def by_name(self, name: str) -> Service:
-        return next(s for s in self.items if s.name == name)
-
 
 def plan(base_env: dict[str, str], ports: ServicePorts, *, processors: int = 2) -> list[Service]:
     env = dict(base_env)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -129,6 +129,20 @@ def decode(raw: bytes | str | None) -> AnyEvent:
             f"{exc.errors()[0]['msg']}",
             code="invalid_event",
         ) from exc
+
+
+EventT = TypeVar("EventT", RequestCreated, ImageRequested, ImageDone, RequestCompleted)
+
+
+def decode_as(raw: bytes | str | None, cls: type[EventT]) -> EventT:
+    """:func:`decode`, then require one event type: a valid event of another
+    type raises InvalidInputError(code="unexpected_event")."""
+    event = decode(raw)
+    if not isinstance(event, cls):
+        raise InvalidInputError(f"unexpected {event.event_type} event, expected "
+                                f"{cls.model_fields['event_type'].default}",
+                                code="unexpected_event")
+    return event
 
 
 def event_key(event: _Event) -> bytes:

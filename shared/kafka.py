@@ -80,9 +80,6 @@ class EventPublisher:
     async def stop(self) -> None:
         await self._producer.stop()
 
-    def topic_for(self, event: _Event) -> str:
-        return TOPIC_OF[type(event)].full(self._prefix)
-
     async def publish(self, event: _Event) -> None:
         await self.publish_many([event])
 
@@ -123,14 +120,20 @@ class EventPublisher:
 
     async def dead_letter(self, raw: bytes | None, *, source: str, error: Exception) -> None:
         """Park a message that can never be processed, with the reason."""
-        body: dict[str, Any] = {
-            "source": source,
-            "error": str(error),
-            "value": (raw or b"").decode("utf-8", "replace")[:100_000],
-        }
         await self._producer.send_and_wait(
-            Topic.DEAD_LETTER.full(self._prefix), json.dumps(body).encode()
+            Topic.DEAD_LETTER.full(self._prefix), dead_letter_body(raw, source, error)
         )
+
+
+def dead_letter_body(raw: bytes | None, source: str, error: Exception | str) -> bytes:
+    """The dead-letter envelope every service sends: JSON ``{source, error, value}``
+    with the raw value decoded as UTF-8 (invalid bytes replaced), capped at 100k chars."""
+    body: dict[str, Any] = {
+        "source": source,
+        "error": str(error),
+        "value": (raw or b"").decode("utf-8", "replace")[:100_000],
+    }
+    return json.dumps(body).encode()
 
 
 def make_consumer(settings: CommonSettings, *, group_id: str, **kwargs: Any) -> AIOKafkaConsumer:

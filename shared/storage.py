@@ -59,20 +59,3 @@ class ObjectStore:
             content_type=content_type,
         )
         return self.public_url(key)
-
-    async def get(self, key: str) -> bytes:
-        def _get() -> bytes:
-            resp = self._client.get_object(self.bucket, key)
-            try:
-                return resp.read()
-            finally:
-                resp.close()
-                resp.release_conn()
-
-        return await asyncio.to_thread(_get)
-
-    async def healthy(self) -> bool:
-        try:
-            return await asyncio.to_thread(self._client.bucket_exists, self.bucket)
-        except Exception:
-            return False

@@ -94,6 +94,8 @@ class HttpServer:
     received: list[dict[str, Any]] = field(default_factory=list)
     hits: dict[str, int] = field(default_factory=dict)
     delays: dict[str, float] = field(default_factory=dict)  # path -> seconds before answering
+    # path -> status codes answered to successive POSTs (popped; 204 once empty)
+    statuses: dict[str, list[int]] = field(default_factory=dict)
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}/{path.lstrip('/')}"
@@ -121,11 +123,20 @@ def _serve(server_state: HttpServer) -> ThreadingHTTPServer:
             self.wfile.write(body)
 
         def do_POST(self) -> None:
+            path = self.path.lstrip("/").split("?", 1)[0]
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             server_state.received.append({
                 "path": self.path, "headers": dict(self.headers),
-                "json": json.loads(body) if body else None})
-            self.send_response(204)
+                "json": json.loads(body) if body else None, "body": body})
+            if path in server_state.delays:
+                time.sleep(server_state.delays[path])
+            script = server_state.statuses.get(path)
+            status = script.pop(0) if script else 204
+            self.send_response(status)
+            if 300 <= status < 400:
+                self.send_header("Location", server_state.url(path))
+            if status not in (204, 304):
+                self.send_header("Content-Length", "0")
             self.end_headers()
 
     httpd = ThreadingHTTPServer(("127.0.0.1", server_state.port), Handler)

@@ -19,9 +19,11 @@ from pymongo import AsyncMongoClient
 
 from services.aggregator.handlers import record_image_done, record_request_created
 from services.aggregator.settings import Settings
-from shared.errors import InvalidInputError
-from shared.events import ImageDone, RequestCompleted, RequestCreated, decode
+from shared.errors import PermanentError
+from shared.events import EventT, ImageDone, RequestCompleted, RequestCreated, decode_as
+from shared.kafka import dead_letter_body
 from shared.mongo import Store, make_client
+from shared.retry import MAX_UNEXPECTED_ATTEMPTS, backoff, is_transient
 from shared.topics import Topic
 
 log = logging.getLogger("aggregator")
@@ -59,27 +61,31 @@ def create_app(s: Settings) -> faust.App:
         fut = await completed.send(key=ev.request_id.encode(), value=ev.encode())
         await fut  # wait for the broker's acknowledgement
 
-    async def consume(stream: AsyncIterable[bytes], kind: type,
-                      handle: Callable[[Any], Awaitable[None]]) -> None:
+    async def dead_letter(raw: bytes | None, source: str, exc: Exception) -> None:
+        """Same envelope as EventPublisher.dead_letter; returns once acknowledged."""
+        fut = await dead.send(value=dead_letter_body(raw, source, exc))
+        await fut
+
+    async def consume(stream: AsyncIterable[bytes], t: faust.TopicT, kind: type[EventT],
+                      handle: Callable[[EventT], Awaitable[None]]) -> None:
+        source = f"aggregator:{t.get_topic_name()}"
         async for raw in stream:
             try:
-                event = decode(raw)
-                if not isinstance(event, kind):
-                    raise InvalidInputError(f"unexpected {event.event_type} event",
-                                            code="unexpected_event")
-            except InvalidInputError as exc:
-                log.warning("dead-lettering a message: %s", exc)
-                await dead.send(value=raw)
-                continue
-            await with_retries(partial(handle, event))
+                event = decode_as(raw, kind)
+                await with_retries(partial(handle, event))
+            except Exception as exc:  # invalid event, or a bug retried to its limit
+                log.warning("dead-lettering a message: %r", exc)
+                await with_retries(partial(dead_letter, raw, source, exc), park=False)
 
     @app.agent(created)
     async def on_request_created(stream: faust.StreamT[bytes]) -> None:
-        await consume(stream, RequestCreated, lambda ev: record_request_created(store(), ev))
+        await consume(stream, created, RequestCreated,
+                      lambda ev: record_request_created(store(), ev, publish))
 
     @app.agent(done)
     async def on_image_done(stream: faust.StreamT[bytes]) -> None:
-        await consume(stream, ImageDone, lambda ev: record_image_done(store(), ev, publish))
+        await consume(stream, done, ImageDone,
+                      lambda ev: record_image_done(store(), ev, publish))
 
     @app.page("/health")
     async def health(web: Any, request: Any) -> Any:
@@ -87,7 +93,8 @@ def create_app(s: Settings) -> faust.App:
             await store().db.command("ping")
             mongo = "ok"
         except Exception as exc:
-            mongo = repr(exc)
+            log.warning("health: MongoDB ping failed: %s", exc)
+            mongo = "unavailable"
         assigned = sorted(f"{tp.topic}[{tp.partition}]"
                           for tp in app.consumer.assignment()) if app.consumer else []
         body = {"ok": mongo == "ok", "service": "aggregator", "mongo": mongo,
@@ -97,17 +104,21 @@ def create_app(s: Settings) -> faust.App:
     return app
 
 
-async def with_retries(call: Callable[[], Awaitable[None]]) -> None:
-    """MongoDB or broker trouble is transient: retry with backoff, never skip."""
+async def with_retries(call: Callable[[], Awaitable[None]], *, park: bool = True) -> None:
+    """The policy of shared/retry.py: transient trouble (MongoDB, Kafka) is
+    retried until it passes, holding the agent's stream; an invalid event is
+    raised at once, and anything else after a few attempts, for the caller to
+    dead-letter (``park=False``: retry everything, for the dead-letter itself)."""
     attempt = 0
     while True:
         try:
             await call()
             return
-        except InvalidInputError:
-            raise
         except Exception as exc:
             attempt += 1
-            delay = min(30.0, 0.5 * 2 ** min(attempt, 6))
+            if park and (isinstance(exc, PermanentError) or (
+                    not is_transient(exc) and attempt >= MAX_UNEXPECTED_ATTEMPTS)):
+                raise
+            delay = backoff(attempt)
             log.warning("retrying in %.1fs after %r", delay, exc)
             await asyncio.sleep(delay)

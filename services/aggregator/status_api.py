@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.middleware.cors import CORSMiddleware
@@ -16,6 +18,25 @@ from services.aggregator.settings import Settings
 from shared.logs import setup_logging
 from shared.mongo import TERMINAL_STATUSES, Store, make_client
 from shared.outputcsv import iter_output_csv
+
+log = logging.getLogger(__name__)
+
+
+def mask_url(url: str | None) -> str | None:
+    """The URL without what often carries a secret: the query becomes ``?…``, and
+    any user:password@ and #fragment are dropped (scheme://host[:port]/path stays)."""
+    if not url:
+        return url
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return "…"
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{host}:{port}" if port is not None else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "…" if parts.query else "", ""))
 
 
 class Failure(BaseModel):
@@ -94,7 +115,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             await request.app.state.store.db.command("ping")
         except Exception as exc:
-            return JSONResponse({"ok": False, "mongo": repr(exc)}, status_code=503)
+            log.warning("health: MongoDB ping failed: %s", exc)
+            return JSONResponse({"ok": False, "mongo": "unavailable"}, status_code=503)
         return JSONResponse({"ok": True, "service": "status-api"})
 
     @app.get("/api/v1/requests/{request_id}", response_model=RequestStatus, tags=["requests"],
@@ -120,7 +142,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             completed_at=doc.get("completed_at"), updated_at=doc.get("updated_at"),
             output_csv_url=doc.get("output_csv_url"), failures=failures,
             failure_count=doc["failed"],
-            webhook=Webhook(url=doc.get("webhook_url"), status=hook.get("status", "none"),
+            webhook=Webhook(url=mask_url(doc.get("webhook_url")), status=hook.get("status", "none"),
                             attempts=hook.get("attempts", 0),
                             last_error=hook.get("last_error"),
                             delivered_at=hook.get("delivered_at")))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -21,6 +22,7 @@ from services.ingest.handlers import (
     WebhookRejected,
     accept_upload,
 )
+from services.ingest.limits import BodyLimit, problem, too_large
 from services.ingest.settings import Settings
 from shared.errors import InvalidInputError
 from shared.kafka import EventPublisher, ensure_topics
@@ -28,6 +30,8 @@ from shared.logs import setup_logging
 from shared.mongo import Store, make_client
 from shared.signing import SignatureInvalid
 
+log = logging.getLogger(__name__)
+UPLOAD_PATH = "/api/v1/requests"
 CSV_TYPES = {"text/csv", "application/csv", "text/plain", "application/vnd.ms-excel",
              "text/tab-separated-values", "text/x-csv", "application/octet-stream", ""}
 
@@ -54,12 +58,6 @@ class ErrorsOut(BaseModel):
     error_count: int
 
 
-def problem(status: int, code: str, message: str, column: str | None = None) -> JSONResponse:
-    body = {"errors": [{"line": None, "column": column, "code": code, "message": message}],
-            "error_count": 1}
-    return JSONResponse(body, status_code=status)
-
-
 def create_app(settings: Settings | None = None) -> FastAPI:
     s = settings or Settings()
     setup_logging("ingest", s.log_level)
@@ -83,6 +81,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="Upload a product-image CSV; get a request id back at once.",
                   lifespan=lifespan)
 
+    # Counts the raw upload bytes: a chunked body cannot fill the disk first.
+    app.add_middleware(BodyLimit, path=UPLOAD_PATH, max_upload_bytes=s.max_upload_bytes)
     page = (Path(__file__).parent / "page.html").read_text()
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -95,12 +95,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             await deps.store.db.command("ping")
         except Exception as exc:
-            return JSONResponse({"ok": False, "mongo": repr(exc)}, status_code=503)
+            log.warning("health: MongoDB ping failed: %s", exc)
+            return JSONResponse({"ok": False, "mongo": "unavailable"}, status_code=503)
         return JSONResponse({"ok": True, "service": "ingest"})
 
-    @app.post("/api/v1/requests", status_code=202, response_model=AcceptedOut, tags=["requests"],
-              responses={413: {"model": ErrorsOut}, 415: {"model": ErrorsOut},
-                         422: {"model": ErrorsOut}, 409: {"model": ErrorsOut}},
+    @app.post(UPLOAD_PATH, status_code=202, response_model=AcceptedOut, tags=["requests"],
+              responses={400: {"model": ErrorsOut}, 413: {"model": ErrorsOut},
+                         415: {"model": ErrorsOut}, 422: {"model": ErrorsOut},
+                         409: {"model": ErrorsOut}},
               openapi_extra={"requestBody": {"required": True, "content": {
                   "multipart/form-data": {"schema": {
                       "type": "object", "required": ["file"],
@@ -117,9 +119,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ) -> Any:
         """Validate the CSV (all errors at once) and queue every image for processing."""
         deps: Deps = request.app.state.deps
-        length = int(request.headers.get("content-length") or 0)
-        if length > s.max_upload_bytes + 64 * 1024:
-            return too_large(s)
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             return problem(415, "unsupported_media_type",
                            "send the CSV as multipart/form-data in a field named 'file'")
@@ -133,8 +132,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 return problem(415, "unsupported_media_type",
                                f"the file is {ctype!r}, not CSV: export the sheet as CSV "
                                "(UTF-8) and upload that", "file")
-            if (upload.size or 0) > s.max_upload_bytes:
-                return too_large(s)
+            if (upload.size or 0) > s.max_upload_bytes:  # the body limit allows for overhead
+                return too_large(s.max_upload_bytes)
             webhook = form.get("webhook_url")
             try:
                 accepted = await accept_upload(
@@ -176,12 +175,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse({"accepted": True, "event_id": event.event_id}, status_code=202)
 
     return app
-
-
-def too_large(s: Settings) -> JSONResponse:
-    return problem(413, "file_too_large",
-                   f"the upload is larger than {s.max_upload_bytes} bytes: split the CSV "
-                   "into smaller files")
 
 
 def accepted_body(s: Settings, a: Accepted) -> JSONResponse:

@@ -9,8 +9,7 @@ from aiokafka.structs import ConsumerRecord
 
 from services.notifier.handlers import Deps, on_request_completed
 from services.notifier.settings import Settings
-from shared.errors import InvalidInputError
-from shared.events import RequestCompleted, decode
+from shared.events import RequestCompleted, decode_as
 from shared.kafka import EventPublisher, ensure_topics, make_consumer
 from shared.logs import setup_logging
 from shared.mongo import Store, make_client
@@ -33,11 +32,7 @@ async def main(settings: Settings | None = None) -> None:
     deps = Deps(s, Store.from_client(client, s), objects, http)
 
     async def handle(record: ConsumerRecord[bytes, bytes]) -> None:
-        event = decode(record.value)
-        if not isinstance(event, RequestCompleted):
-            raise InvalidInputError(f"unexpected {event.event_type} event",
-                                    code="unexpected_event")
-        await on_request_completed(deps, event)
+        await on_request_completed(deps, decode_as(record.value, RequestCompleted))
 
     try:
         await run_consumer_service(

@@ -4,6 +4,15 @@ Both steps are idempotent: the CSV key is fixed per request, and a delivered
 webhook is recorded, so a re-delivered event neither rebuilds a stored CSV nor
 notifies twice. Every notification carries an ``Idempotency-Key`` header so a
 receiver can drop the rare duplicate (a crash between sending and recording).
+
+Delivery is claimed in MongoDB before anything is sent: one notifier at a time
+holds a lease (``webhook.lease_until`` / ``webhook.lease_owner``) covering one
+attempt plus its backoff, renewed after every failed attempt and cleared when
+delivery ends. ``webhook.attempts`` counts every attempt ever made, so
+``webhook_max_attempts`` holds across restarts. A duplicate event that finds
+the delivery finished returns; one that finds a live lease held elsewhere
+raises TransientError, so the consumer retries it later and, should the
+holder have crashed, takes over once the lease has expired.
 """
 
 from __future__ import annotations
@@ -12,23 +21,29 @@ import asyncio
 import json
 import logging
 import random
+import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import aiohttp
+from pymongo import ReturnDocument
 
 from services.notifier.settings import Settings
 from shared import signing
-from shared.errors import ImgpipeError
+from shared.errors import ImgpipeError, TransientError
 from shared.events import RequestCompleted, now_utc
 from shared.logs import request_id_var
-from shared.mongo import Store
+from shared.mongo import TERMINAL_STATUSES, Store
 from shared.outputcsv import build_output_csv
 from shared.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 PERMANENT_HTTP = range(400, 500)
 RETRYABLE_4XX = {408, 425, 429}
+# Added to the lease for the MongoDB writes around an attempt and clock skew.
+LEASE_SLACK_SECONDS = 5.0
+FINISHED = ("delivered", "failed")
 
 
 @dataclass
@@ -45,6 +60,13 @@ async def on_request_completed(deps: Deps, ev: RequestCompleted) -> None:
     if doc is None:
         log.warning("request-completed for unknown request; ignored")
         return
+    finished = doc.get("status") in TERMINAL_STATUSES
+    if not doc.get("accepted") or doc.get("withdrawn") or not finished:
+        # The client was told this upload failed, or it is not finished (a stale
+        # completion replayed after a reset): never notify for it.
+        log.warning("request-completed for a request that is %s (accepted=%s); ignored",
+                    doc.get("status"), doc.get("accepted"))
+        return
     csv_url = doc.get("output_csv_url")
     if not csv_url:
         data = await build_output_csv(deps.store, ev.request_id)
@@ -54,7 +76,7 @@ async def on_request_completed(deps: Deps, ev: RequestCompleted) -> None:
                                              {"$set": {"output_csv_url": csv_url}})
         log.info("output CSV stored at %s", csv_url)
     hook = doc.get("webhook") or {}
-    if doc.get("webhook_url") and hook.get("status") not in ("delivered", "failed"):
+    if doc.get("webhook_url") and hook.get("status") not in FINISHED:
         await deliver(deps, doc["webhook_url"], payload(deps.settings, ev, csv_url))
 
 
@@ -70,11 +92,57 @@ def payload(s: Settings, ev: RequestCompleted, csv_url: str) -> dict[str, Any]:
             "status_url": s.status_url(ev.request_id)}
 
 
+def lease_seconds(s: Settings) -> float:
+    """Long enough for one attempt (the session's total timeout) plus the
+    longest backoff sleep after it: renewed after each attempt, it never lapses
+    while its holder is alive."""
+    return s.webhook_timeout + s.webhook_backoff_max + LEASE_SLACK_SECONDS
+
+
+def backoff_seconds(s: Settings, attempt: int) -> float:
+    delay = min(s.webhook_backoff_max, s.webhook_backoff_base * 2 ** (attempt - 1))
+    return delay * random.uniform(0.5, 1.0)
+
+
+async def claim(deps: Deps, rid: str, owner: str) -> dict[str, Any] | None:
+    """Take the delivery lease: the request document, or None if not ours to send.
+
+    None and return: the delivery is finished (or there is none). TransientError:
+    another delivery holds a live lease (retry later; it may have died)."""
+    now = now_utc()
+    lease = timedelta(seconds=lease_seconds(deps.settings))
+    doc: dict[str, Any] | None = await deps.store.requests.find_one_and_update(
+        {"_id": rid, "webhook.status": "pending",
+         "$or": [{"webhook.lease_until": None}, {"webhook.lease_until": {"$lt": now}}]},
+        {"$set": {"webhook.lease_until": now + lease, "webhook.lease_owner": owner}},
+        return_document=ReturnDocument.AFTER)
+    if doc is not None:
+        return doc
+    current = await deps.store.requests.find_one({"_id": rid}, {"webhook": 1})
+    hook = (current or {}).get("webhook") or {}
+    if hook.get("status") != "pending":
+        log.info("webhook already %s; not sent again", hook.get("status"))
+        return None
+    raise TransientError(f"webhook delivery in progress elsewhere (lease until "
+                         f"{hook.get('lease_until')})", code="webhook_in_progress")
+
+
 async def deliver(deps: Deps, url: str, body_obj: dict[str, Any]) -> None:
     s, requests = deps.settings, deps.store.requests
     rid = body_obj["request_id"]
+    owner = uuid.uuid4().hex
+    doc = await claim(deps, rid, owner)
+    if doc is None:
+        return
+    mine = {"_id": rid, "webhook.lease_owner": owner}
+    release = {"webhook.lease_until": None, "webhook.lease_owner": None}
+    done = int((doc.get("webhook") or {}).get("attempts") or 0)
+    if done >= s.webhook_max_attempts:
+        await requests.update_one(mine, {"$set": {"webhook.status": "failed", **release}})
+        log.warning("webhook to %s not sent: all %s attempts already made", url, done)
+        return
     body = json.dumps(body_obj).encode()
-    for attempt in range(1, s.webhook_max_attempts + 1):
+    for attempt in range(done + 1, s.webhook_max_attempts + 1):
         headers = {"Content-Type": "application/json", "X-Imgpipe-Event": "request.completed",
                    "Idempotency-Key": body_obj["notification_id"]}
         if s.webhook_secret:
@@ -83,19 +151,24 @@ async def deliver(deps: Deps, url: str, body_obj: dict[str, Any]) -> None:
         if error is None:
             await requests.update_one({"_id": rid}, {
                 "$set": {"webhook.status": "delivered", "webhook.delivered_at": now_utc(),
-                         "webhook.last_error": None}, "$inc": {"webhook.attempts": 1}})
+                         "webhook.last_error": None, **release},
+                "$inc": {"webhook.attempts": 1}})
             log.info("webhook delivered to %s (attempt %s)", url, attempt)
             return
-        final = permanent or attempt == s.webhook_max_attempts
-        await requests.update_one({"_id": rid}, {
+        final = permanent or attempt >= s.webhook_max_attempts
+        renewed = now_utc() + timedelta(seconds=lease_seconds(s))
+        result = await requests.update_one(mine, {
             "$set": {"webhook.last_error": error,
-                     **({"webhook.status": "failed"} if final else {})},
+                     **({"webhook.status": "failed", **release} if final
+                        else {"webhook.lease_until": renewed})},
             "$inc": {"webhook.attempts": 1}})
         log.warning("webhook attempt %s to %s failed: %s", attempt, url, error)
+        if result.matched_count == 0:
+            log.warning("webhook lease to %s lost to another notifier; stopping", url)
+            return
         if final:
             return
-        delay = min(s.webhook_backoff_max, s.webhook_backoff_base * 2 ** (attempt - 1))
-        await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+        await asyncio.sleep(backoff_seconds(s, attempt))
 
 
 async def _post(http: aiohttp.ClientSession, url: str, body: bytes,

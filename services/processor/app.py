@@ -11,8 +11,7 @@ from services.processor.engine import EngineOptions, EnginePool
 from services.processor.fetch import Fetcher, FetchOptions
 from services.processor.handlers import ImageProcessor
 from services.processor.settings import Settings
-from shared.errors import InvalidInputError
-from shared.events import ImageRequested, decode
+from shared.events import ImageRequested, decode_as
 from shared.kafka import EventPublisher, ensure_topics, make_consumer
 from shared.logs import setup_logging
 from shared.service import run_consumer_service
@@ -51,11 +50,7 @@ async def main(settings: Settings | None = None) -> None:
             processor = ImageProcessor(fetcher, pool, store, publisher)
 
             async def handle(record: ConsumerRecord[bytes, bytes]) -> None:
-                event = decode(record.value)
-                if not isinstance(event, ImageRequested):
-                    raise InvalidInputError(f"unexpected {event.event_type} event",
-                                            code="unexpected_event")
-                await processor.handle(event)
+                await processor.handle(decode_as(record.value, ImageRequested))
 
             await run_consumer_service(
                 name="processor", consumer=make_consumer(

@@ -24,7 +24,7 @@ from aiohttp.abc import AbstractResolver
 from yarl import URL
 
 from shared.errors import FetchRejected, PolicyViolation, TransientError
-from shared.netguard import NetPolicy, check_url_static, guarded_session
+from shared.netguard import DEFAULT_USER_AGENT, NetPolicy, check_url_static, guarded_session
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class FetchOptions:
     backoff_base: float = 0.5
     backoff_max: float = 30.0  # also caps an honoured Retry-After
     per_host_limit: int = 4
-    user_agent: str = "imgpipe/0.1 (+https://github.com/imgpipe/imgpipe)"
+    user_agent: str = DEFAULT_USER_AGENT
 
 
 @dataclass(frozen=True)

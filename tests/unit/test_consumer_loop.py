@@ -94,7 +94,7 @@ async def test_permanent_errors_are_parked_even_when_parking_fails_at_first() ->
             raise failure
         parked.append(rec.offset)
 
-    loop = ConsumerLoop(fake, handler, dead_letter=dead_letter,  # type: ignore[arg-type]
+    loop = ConsumerLoop(fake, handler, dead_letter=dead_letter,
                         commit_interval=0)
     await run_until(loop, lambda: fake.committed(A) == 2)
     assert parked == [0] and loop.dead_lettered == 1 and loop.handled == 2
@@ -115,7 +115,7 @@ async def test_a_bug_is_dead_lettered_after_a_few_attempts_but_an_outage_is_not(
     async def dead_letter(rec: Any, exc: Exception) -> None:
         parked.append(repr(exc))
 
-    loop = ConsumerLoop(fake, handler, dead_letter=dead_letter,  # type: ignore[arg-type]
+    loop = ConsumerLoop(fake, handler, dead_letter=dead_letter,
                         commit_interval=0)
     await run_until(loop, lambda: fake.committed(A) == 1 and calls[B] > 20)
     assert calls[A] == consumer_mod.MAX_UNEXPECTED_ATTEMPTS

@@ -14,9 +14,11 @@ from shared.events import (
     RequestCompleted,
     RequestCreated,
     decode,
+    decode_as,
     event_key,
     image_id_for,
 )
+from shared.kafka import dead_letter_body
 from shared.topics import Topic, all_topics
 
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "events"
@@ -68,3 +70,21 @@ def test_topic_names_are_prefixed_and_unique() -> None:
     names = all_topics("imgpipe")
     assert len(set(names)) == len(Topic)
     assert Topic.IMAGE_DONE.full("imgpipe") == "imgpipe.image.done.v1"
+
+
+def test_decode_as_returns_the_wanted_type_and_refuses_others() -> None:
+    raw = (GOLDEN / "image.done.v1.json").read_bytes()
+    assert isinstance(decode_as(raw, ImageDone), ImageDone)
+    with pytest.raises(InvalidInputError) as err:
+        decode_as(raw, RequestCompleted)
+    assert err.value.code == "unexpected_event"
+    assert "image.done" in err.value.message
+    with pytest.raises(InvalidInputError) as err:
+        decode_as(b"not json", ImageDone)
+    assert err.value.code == "invalid_event"
+
+
+def test_dead_letter_envelope() -> None:
+    body = json.loads(dead_letter_body(b"\xffabc", "aggregator:t", ValueError("bad")))
+    assert body == {"source": "aggregator:t", "error": "bad", "value": "\ufffdabc"}
+    assert json.loads(dead_letter_body(None, "s", "e"))["value"] == ""

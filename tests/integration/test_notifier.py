@@ -1,0 +1,214 @@
+"""The notifier against real servers: MongoDB API, S3 API and a webhook receiver.
+
+Delivery is claimed in MongoDB, so concurrent duplicates POST once, and the
+attempt cap counts every attempt ever made, across restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import aiohttp
+import httpx
+import pytest
+
+from services.notifier.handlers import Deps, lease_seconds, on_request_completed
+from services.notifier.settings import Settings
+from shared import signing
+from shared.errors import TransientError
+from shared.events import RequestCompleted, now_utc
+from shared.mongo import Store, make_client
+from shared.netguard import NetPolicy, guarded_session
+from shared.storage import ObjectStore
+from tests.conftest import HttpServer
+
+pytestmark = pytest.mark.stack
+SECRET = "test-webhook-secret"
+
+
+class CountingObjects(ObjectStore):
+    """The real object store, counting uploads."""
+
+    puts: int = 0
+
+    async def put(self, key: str, data: bytes, content_type: str) -> str:
+        self.puts += 1
+        return await super().put(key, data, content_type)
+
+
+@dataclass
+class Env:
+    deps: Deps
+    server: HttpServer
+
+    @property
+    def store(self) -> Store:
+        return self.deps.store
+
+    async def request(self, *, hook: str | None = "hook",
+                      webhook: dict[str, Any] | None = None) -> RequestCompleted:
+        """A finished request with one product; its completion event."""
+        rid = str(uuid.uuid4())
+        url = self.server.url(hook) + "?token=abc" if hook else None
+        now = now_utc()
+        await self.store.requests.insert_one({
+            "_id": rid, "accepted": True, "status": "COMPLETED", "product_count": 1,
+            "image_count": 1, "succeeded": 1, "failed": 0, "webhook_url": url,
+            "webhook": webhook or {"status": "pending" if url else "none", "attempts": 0},
+            "created_at": now, "completed_at": now, "output_csv_url": None})
+        await self.store.products.insert_one({
+            "_id": f"{rid}:1", "request_id": rid, "serial": 1, "name": "Shoe", "row": 0,
+            "input_urls": ["http://in/a.jpg"], "output_urls": ["http://out/a.jpg"]})
+        return RequestCompleted(request_id=rid, status="COMPLETED", total=1, succeeded=1,
+                                failed=0, completed_at=now)
+
+    async def hook(self, ev: RequestCompleted) -> dict[str, Any]:
+        doc = await self.store.requests.find_one({"_id": ev.request_id})
+        assert doc is not None
+        return dict(doc["webhook"])
+
+
+@pytest.fixture
+async def env(stack_env: dict[str, str], http_server: HttpServer) -> AsyncIterator[Env]:
+    fields: dict[str, Any] = {k.removeprefix("IMGPIPE_").lower(): v
+                              for k, v in stack_env.items()}
+    fields["mongo_db"] = f"notif{uuid.uuid4().hex[:8]}"
+    s = Settings(**fields, webhook_max_attempts=3, webhook_backoff_base=0.05,
+                 webhook_backoff_max=0.2, webhook_timeout=5.0, webhook_secret=SECRET)
+    client = make_client(s)
+    objects = CountingObjects(s)
+    await objects.ensure_bucket(public_read=True)
+    http = guarded_session(NetPolicy.from_strings("127.0.0.0/8", "80,443"),
+                           timeout=aiohttp.ClientTimeout(total=s.webhook_timeout))
+    try:
+        yield Env(Deps(s, Store.from_client(client, s), objects, http), http_server)
+    finally:
+        await http.close()
+        await client.drop_database(s.mongo_db)
+        await client.close()
+
+
+async def test_concurrent_duplicates_post_once(env: Env) -> None:
+    ev = await env.request()
+    env.server.delays["hook"] = 0.5  # the first delivery is still in flight
+    results = await asyncio.gather(*(on_request_completed(env.deps, ev) for _ in range(3)),
+                                   return_exceptions=True)
+    # A loser either saw the delivery finished or was told to retry later.
+    assert all(r is None or isinstance(r, TransientError) for r in results), results
+    await on_request_completed(env.deps, ev)  # the consumer's retry: nothing left to do
+    assert len(env.server.received) == 1
+    hook = await env.hook(ev)
+    assert (hook["status"], hook["attempts"], hook.get("lease_until")) == ("delivered", 1, None)
+
+
+@pytest.mark.parametrize("status", [301, 307, 400, 404])
+async def test_3xx_and_4xx_are_permanent(env: Env, status: int) -> None:
+    ev = await env.request()
+    env.server.statuses["hook"] = [status]
+    await on_request_completed(env.deps, ev)
+    assert len(env.server.received) == 1
+    hook = await env.hook(ev)
+    assert (hook["status"], hook["attempts"]) == ("failed", 1)
+    assert hook["last_error"].startswith(f"http_{status}")
+    assert hook.get("lease_until") is None
+
+
+@pytest.mark.parametrize("status", [408, 429, 500, 503])
+async def test_retryable_statuses_are_retried_then_delivered(env: Env, status: int) -> None:
+    ev = await env.request()
+    env.server.statuses["hook"] = [status, 204]
+    await on_request_completed(env.deps, ev)
+    assert len(env.server.received) == 2
+    hook = await env.hook(ev)
+    assert (hook["status"], hook["attempts"], hook["last_error"]) == ("delivered", 2, None)
+    ids = {r["headers"]["Idempotency-Key"] for r in env.server.received}
+    assert len(ids) == 1  # one notification, sent twice
+
+
+async def test_the_attempt_cap_counts_every_delivery(env: Env) -> None:
+    ev = await env.request()
+    env.server.statuses["hook"] = [500] * 10
+    await on_request_completed(env.deps, ev)
+    assert len(env.server.received) == 3
+    hook = await env.hook(ev)
+    assert (hook["status"], hook["attempts"], hook["last_error"]) == ("failed", 3, "http_500")
+
+
+async def test_attempts_at_the_max_send_nothing(env: Env) -> None:
+    """A restart after the last allowed attempt (status still pending) posts nothing."""
+    ev = await env.request(webhook={"status": "pending", "attempts": 3,
+                                    "last_error": "http_500"})
+    await on_request_completed(env.deps, ev)
+    assert env.server.received == []
+    hook = await env.hook(ev)
+    assert (hook["status"], hook["attempts"]) == ("failed", 3)
+
+
+async def test_a_restart_resumes_with_the_remaining_attempts(env: Env) -> None:
+    ev = await env.request(webhook={"status": "pending", "attempts": 2})
+    env.server.statuses["hook"] = [500, 204]
+    await on_request_completed(env.deps, ev)
+    assert len(env.server.received) == 1  # the third and last attempt
+    assert (await env.hook(ev))["status"] == "failed"
+
+
+async def test_a_live_lease_defers_and_an_expired_one_is_taken_over(env: Env) -> None:
+    """A crash mid-delivery leaves the lease; the redelivered event waits it out."""
+    ev = await env.request(webhook={
+        "status": "pending", "attempts": 1, "lease_owner": "dead",
+        "lease_until": now_utc() + timedelta(seconds=lease_seconds(env.deps.settings))})
+    with pytest.raises(TransientError):
+        await on_request_completed(env.deps, ev)
+    assert env.server.received == []
+    await env.store.requests.update_one({"_id": ev.request_id}, {
+        "$set": {"webhook.lease_until": now_utc() - timedelta(seconds=1)}})
+    await on_request_completed(env.deps, ev)
+    assert len(env.server.received) == 1
+    hook = await env.hook(ev)
+    assert (hook["status"], hook["attempts"]) == ("delivered", 2)
+
+
+async def test_the_signature_verifies_over_the_raw_body(env: Env) -> None:
+    ev = await env.request()
+    await on_request_completed(env.deps, ev)
+    [note] = env.server.received
+    signing.verify(SECRET, note["body"], note["headers"][signing.HEADER])
+    with pytest.raises(signing.SignatureInvalid):
+        signing.verify(SECRET, note["body"] + b" ", note["headers"][signing.HEADER])
+    assert note["json"]["request_id"] == ev.request_id
+    assert note["path"] == "/hook?token=abc"
+
+
+async def test_the_output_csv_is_stored_once_and_recorded(env: Env) -> None:
+    ev = await env.request(hook=None)
+    await on_request_completed(env.deps, ev)
+    await on_request_completed(env.deps, ev)  # a redelivery
+    assert isinstance(env.deps.objects, CountingObjects)
+    assert env.deps.objects.puts == 1
+    doc = await env.store.requests.find_one({"_id": ev.request_id})
+    assert doc is not None
+    url = doc["output_csv_url"]
+    assert url.endswith(f"{ev.request_id}/output.csv")
+    async with httpx.AsyncClient() as client:
+        csv = (await client.get(url)).content.decode("utf-8-sig")
+    assert csv.splitlines()[1] == "1,Shoe,http://in/a.jpg,http://out/a.jpg"
+    assert env.server.received == []  # no webhook URL, nothing sent
+
+
+@pytest.mark.parametrize("state", [{"withdrawn": True}, {"accepted": False},
+                                   {"status": "QUEUED"}])
+async def test_no_csv_and_no_webhook_for_a_request_not_to_notify(
+        env: Env, state: dict[str, Any]) -> None:
+    """A withdrawn upload (the client got a 5xx), one never accepted, or a stale
+    completion replayed after a reset: nothing is stored or sent."""
+    ev = await env.request()
+    await env.store.requests.update_one({"_id": ev.request_id}, {"$set": state})
+    await on_request_completed(env.deps, ev)
+    assert env.server.received == []
+    doc = await env.store.requests.find_one({"_id": ev.request_id})
+    assert doc is not None and doc["output_csv_url"] is None
