@@ -8,6 +8,7 @@ Collections (see docs/database.md):
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -18,6 +19,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from shared.settings import CommonSettings
 
+log = logging.getLogger(__name__)
 TERMINAL_STATUSES = ("COMPLETED", "COMPLETED_WITH_ERRORS", "FAILED")
 
 
@@ -57,6 +59,17 @@ class Store:
             [("request_id", ASCENDING), ("serial", ASCENDING), ("position", ASCENDING)]
         )
         await self.images.create_index([("request_id", ASCENDING), ("status", ASCENDING)])
+
+
+async def mongo_health(store: Store) -> bool:
+    """Whether MongoDB answers a ping; the cause of a failure is logged, never
+    returned (health endpoints are public and must not reveal internals)."""
+    try:
+        await store.db.command("ping")
+    except Exception as exc:
+        log.warning("health: MongoDB ping failed: %s", exc)
+        return False
+    return True
 
 
 def new_request_doc(request_id: str, *, product_count: int, image_count: int,

@@ -22,7 +22,7 @@ from services.aggregator.settings import Settings
 from shared.errors import PermanentError
 from shared.events import EventT, ImageDone, RequestCompleted, RequestCreated, decode_as
 from shared.kafka import dead_letter_body
-from shared.mongo import Store, make_client
+from shared.mongo import Store, make_client, mongo_health
 from shared.retry import MAX_UNEXPECTED_ATTEMPTS, backoff, is_transient
 from shared.topics import Topic
 
@@ -89,12 +89,7 @@ def create_app(s: Settings) -> faust.App:
 
     @app.page("/health")
     async def health(web: Any, request: Any) -> Any:
-        try:
-            await store().db.command("ping")
-            mongo = "ok"
-        except Exception as exc:
-            log.warning("health: MongoDB ping failed: %s", exc)
-            mongo = "unavailable"
+        mongo = "ok" if await mongo_health(store()) else "unavailable"
         assigned = sorted(f"{tp.topic}[{tp.partition}]"
                           for tp in app.consumer.assignment()) if app.consumer else []
         body = {"ok": mongo == "ok", "service": "aggregator", "mongo": mongo,

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from services.aggregator.settings import Settings
 from shared.logs import setup_logging
-from shared.mongo import TERMINAL_STATUSES, Store, make_client
+from shared.mongo import TERMINAL_STATUSES, Store, make_client, mongo_health
 from shared.outputcsv import iter_output_csv
 
 log = logging.getLogger(__name__)
@@ -112,10 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/health", tags=["ops"])
     async def health(request: Request) -> JSONResponse:
-        try:
-            await request.app.state.store.db.command("ping")
-        except Exception as exc:
-            log.warning("health: MongoDB ping failed: %s", exc)
+        if not await mongo_health(request.app.state.store):
             return JSONResponse({"ok": False, "mongo": "unavailable"}, status_code=503)
         return JSONResponse({"ok": True, "service": "status-api"})
 

@@ -27,7 +27,7 @@ from services.ingest.settings import Settings
 from shared.errors import InvalidInputError
 from shared.kafka import EventPublisher, ensure_topics
 from shared.logs import setup_logging
-from shared.mongo import Store, make_client
+from shared.mongo import Store, make_client, mongo_health
 from shared.signing import SignatureInvalid
 
 log = logging.getLogger(__name__)
@@ -92,10 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/health", tags=["ops"])
     async def health(request: Request) -> JSONResponse:
         deps: Deps = request.app.state.deps
-        try:
-            await deps.store.db.command("ping")
-        except Exception as exc:
-            log.warning("health: MongoDB ping failed: %s", exc)
+        if not await mongo_health(deps.store):
             return JSONResponse({"ok": False, "mongo": "unavailable"}, status_code=503)
         return JSONResponse({"ok": True, "service": "ingest"})
 

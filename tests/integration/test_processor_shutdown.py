@@ -11,14 +11,15 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer
 
 from deploy.procs import free_port
-from shared.events import ImageDone, ImageRequested, decode
+from shared.events import ImageDone, ImageRequested, decode_as
 from shared.kafka import EventPublisher, ensure_topics
 from shared.settings import CommonSettings
 from shared.topics import Topic
@@ -55,43 +56,62 @@ async def wait_for(check: Callable[[], bool], within: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-async def test_sigterm_drains_commits_and_exits(stack_env: dict[str, str],
-                                                http_server: HttpServer,
-                                                tmp_path: Path) -> None:
-    prefix = f"drain{uuid.uuid4().hex[:8]}"
+@dataclass
+class Harness:
+    """One processor's world on a single-partition topic set of its own."""
+
+    env: dict[str, str]
+    publisher: EventPublisher
+    seen: list[ImageDone] = field(default_factory=list)
+
+    def request(self, rid: str, serial: int, url: str) -> ImageRequested:
+        return ImageRequested(request_id=rid, image_id=str(uuid.uuid4()), serial=serial,
+                              product_name="P", position=0, url=url)
+
+
+@pytest.fixture
+async def harness(stack_env: dict[str, str]) -> AsyncIterator[Harness]:
+    prefix = f"proc{uuid.uuid4().hex[:8]}"
     env = {**stack_env, "IMGPIPE_TOPIC_PREFIX": prefix, "IMGPIPE_TOPIC_PARTITIONS": "1",
            "IMGPIPE_PROCESSOR_WORKERS": "1"}
     settings = CommonSettings(kafka_bootstrap=env["IMGPIPE_KAFKA_BOOTSTRAP"],
                               topic_prefix=prefix, topic_partitions=1)
     await ensure_topics(settings)
+    publisher = EventPublisher(settings, client_id="test")
+    await publisher.start()
+    consumer = AIOKafkaConsumer(Topic.IMAGE_DONE.full(prefix),
+                                bootstrap_servers=settings.kafka_bootstrap, group_id=None,
+                                auto_offset_reset="earliest")
+    await consumer.start()
+    h = Harness(env, publisher)
+
+    async def collect() -> None:
+        async for rec in consumer:
+            h.seen.append(decode_as(rec.value, ImageDone))
+
+    collector = asyncio.create_task(collect())
+    try:
+        yield h
+    finally:
+        collector.cancel()
+        await consumer.stop()
+        await publisher.stop()
+
+
+async def test_sigterm_drains_commits_and_exits(harness: Harness, http_server: HttpServer,
+                                                tmp_path: Path) -> None:
     jpeg = encode(photo(), "JPEG", quality=80)
     for name in ("slow1.jpg", "slow2.jpg", "slow3.jpg", "marker.jpg"):
         http_server.files[name] = (jpeg, "image/jpeg")
     for name in ("slow1.jpg", "slow2.jpg", "slow3.jpg"):
         http_server.delays[name] = 3.0
-
-    publisher = EventPublisher(settings, client_id="test")
-    await publisher.start()
-    done_consumer = AIOKafkaConsumer(Topic.IMAGE_DONE.full(prefix),
-                                     bootstrap_servers=settings.kafka_bootstrap,
-                                     group_id=None, auto_offset_reset="earliest")
-    await done_consumer.start()
-    seen: list[ImageDone] = []
-
-    async def collect() -> None:
-        async for rec in done_consumer:
-            ev = decode(rec.value)
-            assert isinstance(ev, ImageDone)
-            seen.append(ev)
-
-    collector = asyncio.create_task(collect())
-    proc, port = start_processor(env, tmp_path / "p1.log")
+    seen = harness.seen
+    proc, port = start_processor(harness.env, tmp_path / "p1.log")
     try:
         await wait_for(lambda: bool(health(port).get("assigned")), 120, "partition assignment")
         rid = str(uuid.uuid4())
-        await publisher.publish_many([
-            ImageRequested(request_id=rid, image_id=str(uuid.uuid4()), serial=i + 1,
-                           product_name="P", position=0, url=http_server.url(f"slow{i + 1}.jpg"))
+        await harness.publisher.publish_many([
+            harness.request(rid, i + 1, http_server.url(f"slow{i + 1}.jpg"))
             for i in range(3)])
         await wait_for(lambda: health(port).get("in_flight") == 3, 60, "3 images in flight")
         proc.send_signal(signal.SIGTERM)
@@ -100,10 +120,9 @@ async def test_sigterm_drains_commits_and_exits(stack_env: dict[str, str],
         assert {e.status for e in seen} == {"succeeded"}
 
         # A new processor in the same group starts after the committed offset.
-        proc, port = start_processor(env, tmp_path / "p2.log")
-        await publisher.publish(ImageRequested(
-            request_id=rid, image_id=str(uuid.uuid4()), serial=9, product_name="P",
-            position=0, url=http_server.url("marker.jpg")))
+        proc, port = start_processor(harness.env, tmp_path / "p2.log")
+        await harness.publisher.publish(
+            harness.request(rid, 9, http_server.url("marker.jpg")))
         await wait_for(lambda: any(e.serial == 9 for e in seen), 120, "the marker image")
         assert sorted(e.serial for e in seen) == [1, 2, 3, 9]  # nothing redone
         assert http_server.hits["slow1.jpg"] == 1
@@ -111,53 +130,26 @@ async def test_sigterm_drains_commits_and_exits(stack_env: dict[str, str],
         if proc.poll() is None:
             proc.terminate()
             proc.wait(timeout=60)
-        collector.cancel()
-        await done_consumer.stop()
-        await publisher.stop()
 
 
 async def test_a_slow_image_does_not_hold_up_its_partition(
-        stack_env: dict[str, str], http_server: HttpServer, tmp_path: Path) -> None:
+        harness: Harness, http_server: HttpServer, tmp_path: Path) -> None:
     """One partition; the first image takes seconds (a retry backoff or a slow
-    host): the ones behind it finish first, and everything is committed."""
-    prefix = f"slow{uuid.uuid4().hex[:8]}"
-    env = {**stack_env, "IMGPIPE_TOPIC_PREFIX": prefix, "IMGPIPE_TOPIC_PARTITIONS": "1",
-           "IMGPIPE_PROCESSOR_WORKERS": "1"}
-    settings = CommonSettings(kafka_bootstrap=env["IMGPIPE_KAFKA_BOOTSTRAP"],
-                              topic_prefix=prefix, topic_partitions=1)
-    await ensure_topics(settings)
+    host): the ones behind it finish first."""
     jpeg = encode(photo(), "JPEG", quality=80)
-    http_server.files.update({"slow.jpg": (jpeg, "image/jpeg"), "f1.jpg": (jpeg, "image/jpeg"),
-                              "f2.jpg": (jpeg, "image/jpeg")})
+    names = ["slow.jpg", "f1.jpg", "f2.jpg"]
+    http_server.files.update({name: (jpeg, "image/jpeg") for name in names})
     http_server.delays["slow.jpg"] = 4.0
-    publisher = EventPublisher(settings, client_id="test")
-    await publisher.start()
-    consumer = AIOKafkaConsumer(Topic.IMAGE_DONE.full(prefix),
-                                bootstrap_servers=settings.kafka_bootstrap, group_id=None,
-                                auto_offset_reset="earliest")
-    await consumer.start()
-    order: list[str] = []
-
-    async def collect() -> None:
-        async for rec in consumer:
-            ev = decode(rec.value)
-            assert isinstance(ev, ImageDone)
-            order.append(ev.url.rsplit("/", 1)[1])
-
-    collector = asyncio.create_task(collect())
-    proc, port = start_processor(env, tmp_path / "p.log")
+    proc, port = start_processor(harness.env, tmp_path / "p.log")
     try:
         await wait_for(lambda: bool(health(port).get("assigned")), 120, "partition assignment")
         rid = str(uuid.uuid4())
-        await publisher.publish_many([
-            ImageRequested(request_id=rid, image_id=str(uuid.uuid4()), serial=i + 1,
-                           product_name="P", position=0, url=http_server.url(name))
-            for i, name in enumerate(["slow.jpg", "f1.jpg", "f2.jpg"])])
-        await wait_for(lambda: len(order) == 3, 60, "all three results")
+        await harness.publisher.publish_many([
+            harness.request(rid, i + 1, http_server.url(name))
+            for i, name in enumerate(names)])
+        await wait_for(lambda: len(harness.seen) == 3, 60, "all three results")
+        order = [e.url.rsplit("/", 1)[1] for e in harness.seen]
         assert order[-1] == "slow.jpg" and sorted(order[:2]) == ["f1.jpg", "f2.jpg"]
     finally:
         proc.terminate()
         proc.wait(timeout=60)
-        collector.cancel()
-        await consumer.stop()
-        await publisher.stop()
