@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterable, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -19,8 +19,8 @@ from pymongo import AsyncMongoClient
 
 from services.aggregator.handlers import record_image_done, record_request_created
 from services.aggregator.settings import Settings
-from shared.errors import PermanentError
-from shared.events import EventT, ImageDone, RequestCompleted, RequestCreated, decode_as
+from shared.errors import InvalidInputError, PermanentError
+from shared.events import AnyEvent, ImageDone, RequestCompleted, RequestCreated, decode
 from shared.kafka import dead_letter_body
 from shared.mongo import Store, make_client, mongo_health
 from shared.retry import MAX_UNEXPECTED_ATTEMPTS, backoff, is_transient
@@ -44,9 +44,14 @@ def create_app(s: Settings) -> faust.App:
     def topic(t: Topic) -> faust.TopicT:
         return app.topic(t.full(s.topic_prefix), key_serializer="raw", value_serializer="raw")
 
-    created, done, completed = (topic(Topic.REQUEST_CREATED), topic(Topic.IMAGE_DONE),
-                                topic(Topic.REQUEST_COMPLETED))
-    dead = topic(Topic.DEAD_LETTER)
+    # One agent reads both inbound topics: a request's events are handled one at
+    # a time (both topics are keyed by request id through the same partitioner,
+    # and Faust co-partitions topics consumed together), so a recount can never
+    # race an increment of the same request.
+    inbound = app.topic(Topic.REQUEST_CREATED.full(s.topic_prefix),
+                        Topic.IMAGE_DONE.full(s.topic_prefix),
+                        key_serializer="raw", value_serializer="raw")
+    completed, dead = topic(Topic.REQUEST_COMPLETED), topic(Topic.DEAD_LETTER)
     holder: dict[str, Any] = {}
 
     def store() -> Store:
@@ -66,26 +71,25 @@ def create_app(s: Settings) -> faust.App:
         fut = await dead.send(value=dead_letter_body(raw, source, exc))
         await fut
 
-    async def consume(stream: AsyncIterable[bytes], t: faust.TopicT, kind: type[EventT],
-                      handle: Callable[[EventT], Awaitable[None]]) -> None:
-        source = f"aggregator:{t.get_topic_name()}"
-        async for raw in stream:
+    async def handle(event: AnyEvent) -> None:
+        if isinstance(event, RequestCreated):
+            await record_request_created(store(), event, publish)
+        elif isinstance(event, ImageDone):
+            await record_image_done(store(), event, publish)
+        else:
+            raise InvalidInputError(f"unexpected {event.event_type} event",
+                                    code="unexpected_event")
+
+    @app.agent(inbound)
+    async def on_request_events(stream: faust.StreamT[bytes]) -> None:
+        async for message in stream.events():
+            raw = message.value
             try:
-                event = decode_as(raw, kind)
-                await with_retries(partial(handle, event))
+                await with_retries(partial(handle, decode(raw)))
             except Exception as exc:  # invalid event, or a bug retried to its limit
                 log.warning("dead-lettering a message: %r", exc)
+                source = f"aggregator:{message.message.topic}"
                 await with_retries(partial(dead_letter, raw, source, exc), park=False)
-
-    @app.agent(created)
-    async def on_request_created(stream: faust.StreamT[bytes]) -> None:
-        await consume(stream, created, RequestCreated,
-                      lambda ev: record_request_created(store(), ev, publish))
-
-    @app.agent(done)
-    async def on_image_done(stream: faust.StreamT[bytes]) -> None:
-        await consume(stream, done, ImageDone,
-                      lambda ev: record_image_done(store(), ev, publish))
 
     @app.page("/health")
     async def health(web: Any, request: Any) -> Any:
