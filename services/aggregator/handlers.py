@@ -3,11 +3,14 @@
 Each URL position has one ``images`` document whose ``_id`` is the position
 (request, serial, index): inserting it is the guard that makes counting
 idempotent. Only the consumer whose insert succeeded increments the request's
-counters. If a crash hits between the insert and the increment, the event is
-re-delivered, the insert finds a duplicate, and the counters are recounted
-from the ``images`` documents (``$max``, so a concurrent increment is never
-undone). The request moves to a terminal state with one conditional update
-that only one caller can win; the winner holds a publication lease and
+counters, then marks the image ``counted``. A duplicate of a counted image
+changes nothing (cheap: no recount, so replaying a big request stays linear).
+If a crash hit between the insert and the increment, the re-delivered event
+finds an uncounted duplicate and the counters are recounted from the
+``images`` documents (``$max``, so a concurrent increment is never undone).
+
+The request moves to a terminal state with one conditional update that only
+one caller can win; the winner holds a publication lease and
 publishes request-completed. A re-delivery finds ``completion_published``
 false and either takes over an expired lease (the holder crashed) or raises
 TransientError so the caller retries until the publication is done.
@@ -85,9 +88,15 @@ async def record_image_done(store: Store, ev: ImageDone, publish: Publish) -> No
                 "updated_at": now,
             }}],
             return_document=ReturnDocument.AFTER)
-    else:
-        log.info("duplicate image-done for %s; recounting", doc["_id"])
+        if request is not None:
+            await store.images.update_one({"_id": doc["_id"]}, {"$set": {"counted": True}})
+    elif doc.get("counted"):  # a plain duplicate: its increment is known to be done
+        request = await store.requests.find_one({"_id": ev.request_id})
+    else:  # the first delivery died between its insert and its increment
+        log.info("duplicate image-done for %s before it was counted; recounting", doc["_id"])
         request = await recount(store, ev.request_id)
+        if request is not None:
+            await store.images.update_one({"_id": doc["_id"]}, {"$set": {"counted": True}})
     if request is None:
         log.warning("image-done for unknown request %s ignored", ev.request_id)
         return
@@ -105,6 +114,7 @@ def image_doc(ev: ImageDone, now: Any) -> dict[str, Any]:
         "quality_method": ev.quality_method, "source_format": ev.source_format,
         "output_format": ev.output_format, "kept_original": ev.kept_original,
         "source": ev.source, "processed_at": ev.occurred_at, "recorded_at": now,
+        "counted": False,  # set once the request's counters include this position
     }
 
 

@@ -187,3 +187,25 @@ async def test_a_withdrawn_request_never_completes(store: Store) -> None:
     await record_request_created(store, RequestCreated(
         request_id=rid, product_count=1, image_count=1, created_at=now_utc()), published)
     assert published == []
+
+
+async def test_duplicates_of_counted_images_do_not_recount(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Replaying a big request must stay linear: no aggregate per duplicate."""
+    import services.aggregator.handlers as handlers
+
+    recounts: list[str] = []
+    real_recount = handlers.recount
+
+    async def counting_recount(st: Store, rid: str) -> dict[str, Any] | None:
+        recounts.append(rid)
+        return await real_recount(st, rid)
+
+    rid, published = await new_request(store, images=2), Published()
+    monkeypatch.setattr(handlers, "recount", counting_recount)
+    await record_image_done(store, done(rid, 0), published)
+    for _ in range(5):
+        await record_image_done(store, done(rid, 0), published)
+    assert recounts == []
+    image = await store.images.find_one({"_id": position_id(rid, 1, 0)})
+    assert image is not None and image["counted"] is True
