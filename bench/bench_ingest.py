@@ -1,7 +1,9 @@
 """Ingest benchmark: upload CSVs of 1k, 10k and 100k rows (3 URLs each).
 
-Prints, per size: seconds from upload start to the 202, rows/s, and the ingest
-process's peak RSS (sampled every 20 ms). Starts its own throwaway local stack
+Prints, per size: seconds from upload start to the 202, rows/s, the ingest
+process's peak RSS (sampled every 20 ms), and the median CPU seconds per upload
+of the ingest process and of the MongoDB API server (SecantusDB, the
+bottleneck here). Starts its own throwaway local stack
 and an ingest service (no processors: only acceptance is measured).
 
     .venv/bin/python bench/bench_ingest.py [--sizes 1000,10000,100000]
@@ -33,6 +35,11 @@ def make_csv(rows: int) -> bytes:
         urls = ", ".join(f"https://images.example.com/p{i}/{k}.jpg" for k in range(3))
         lines.append(f'{i},Product {i},"{urls}"')
     return ("\n".join(lines) + "\n").encode()
+
+
+def cpu_seconds(proc: psutil.Process) -> float:
+    times = proc.cpu_times()
+    return times.user + times.system
 
 
 class PeakRss:
@@ -73,24 +80,31 @@ def main() -> int:
         try:
             url = f"http://127.0.0.1:{ports.ingest}/api/v1/requests"
             pid = running.items[0].pid or 0
+            ingest_proc, mongo_proc = psutil.Process(pid), psutil.Process(state.pids["mongo"])
             with httpx.Client(timeout=600) as client:
                 client.post(url, files={"file": ("w.csv", make_csv(10), "text/csv")})  # warm
                 sys.stdout.write(f"{'rows':>8} {'MB':>6} {'best (s)':>9} {'median (s)':>11} "
-                                 f"{'rows/s':>9} {'peak RSS (MB)':>14}\n")
+                                 f"{'rows/s':>9} {'peak RSS (MB)':>14} {'ingest CPU (s)':>15} "
+                                 f"{'mongo CPU (s)':>14}\n")
                 start_rss = psutil.Process(pid).memory_info().rss
                 for rows in sizes:
                     body = make_csv(rows)
-                    times = []
+                    times, ingest_cpu, mongo_cpu = [], [], []
                     with PeakRss(pid) as rss:
                         for _ in range(args.repeat):
+                            cpu0 = cpu_seconds(ingest_proc), cpu_seconds(mongo_proc)
                             start = time.perf_counter()
                             resp = client.post(url, files={"file": ("b.csv", body, "text/csv")})
                             times.append(time.perf_counter() - start)
+                            ingest_cpu.append(cpu_seconds(ingest_proc) - cpu0[0])
+                            mongo_cpu.append(cpu_seconds(mongo_proc) - cpu0[1])
                             assert resp.status_code == 202, resp.text[:500]
                     best, median = min(times), statistics.median(times)
                     sys.stdout.write(
                         f"{rows:>8} {len(body) / 1e6:>6.1f} {best:>9.2f} {median:>11.2f} "
-                        f"{rows / best:>9.0f} {rss.peak / 1e6:>14.1f}\n")
+                        f"{rows / best:>9.0f} {rss.peak / 1e6:>14.1f} "
+                        f"{statistics.median(ingest_cpu):>15.2f} "
+                        f"{statistics.median(mongo_cpu):>14.2f}\n")
                     sys.stdout.flush()
                 sys.stdout.write(f"ingest RSS before the first size: {start_rss / 1e6:.1f} MB\n")
         finally:

@@ -11,8 +11,11 @@ these models, so a change that breaks the wire format fails a test.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import uuid
 from datetime import UTC, datetime
+from json.encoder import encode_basestring
 from typing import Annotated, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -143,6 +146,59 @@ def decode_as(raw: bytes | str | None, cls: type[EventT]) -> EventT:
                                 f"{cls.model_fields['event_type'].default}",
                                 code="unexpected_event")
     return event
+
+
+_DATETIME_JSON: TypeAdapter[datetime] = TypeAdapter(datetime)
+# Hex digit of a UUID's variant nibble (RFC 4122: 0b10xx) for any random nibble.
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+
+
+def _uuid_str(digest_hex: str, version: str) -> str:
+    """``str(uuid.UUID(bytes=..., version=v))`` for the first 16 bytes (32 hex
+    digits) of ``digest_hex``, without building a UUID object."""
+    h = digest_hex
+    return (f"{h[:8]}-{h[8:12]}-{version}{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-"
+            f"{h[20:32]}")
+
+
+class ImageRequestedEncoder:
+    """Encodes the ``image.requested`` events of one request straight to JSON.
+
+    A fast path for ingest (tens of thousands of events per upload): the bytes
+    are identical to ``ImageRequested(...).encode()`` (same field order, the
+    same string escaping, pydantic's own datetime format), with ``event_id`` a
+    random UUID4 and ``image_id`` :func:`image_id_for`, but without building
+    and validating a model and two ``uuid.UUID`` objects per event. A unit test
+    pins the equality against the model.
+    """
+
+    def __init__(self, request_id: str) -> None:
+        self._image_ns = hashlib.sha1(IMAGE_ID_NAMESPACE.bytes + f"{request_id}\n".encode())
+        self._after_time = (f',"event_type":"image.requested","request_id":'
+                            f'{encode_basestring(request_id)},"image_id":"')
+
+    def image_id(self, url: str) -> str:
+        """Same as :func:`image_id_for` (uuid5 of ``request_id + "\\n" + url``)."""
+        h = self._image_ns.copy()
+        h.update(url.encode())
+        return _uuid_str(h.hexdigest(), "5")
+
+    def encode_product(self, serial: int, product_name: str, urls: list[str],
+                       occurred_at: datetime | None = None) -> list[tuple[bytes, bytes]]:
+        """``(key, value)`` of each URL position's event: key is the image id."""
+        occurred = _DATETIME_JSON.dump_json(occurred_at or now_utc()).decode()
+        random_hex = os.urandom(16 * len(urls)).hex()
+        head = self._after_time
+        middle = f'","serial":{int(serial)},"product_name":{encode_basestring(product_name)}'
+        out = []
+        for i, url in enumerate(urls):
+            image_id = self.image_id(url)
+            event_id = _uuid_str(random_hex[32 * i:32 * i + 32], "4")
+            value = (f'{{"schema_version":1,"event_id":"{event_id}","occurred_at":{occurred}'
+                     f'{head}{image_id}{middle},"position":{i},"url":{encode_basestring(url)},'
+                     f'"replay_id":null}}')
+            out.append((image_id.encode(), value.encode()))
+        return out
 
 
 def event_key(event: _Event) -> bytes:

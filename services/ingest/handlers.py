@@ -20,7 +20,7 @@ from pymongo.errors import DuplicateKeyError
 from services.ingest.csvparse import CsvIssue, ProductRow, ValidationReport, iter_products, validate
 from services.ingest.settings import Settings
 from shared.errors import ImgpipeError, InvalidInputError
-from shared.events import ImageRequested, RequestCreated, event_key, image_id_for, now_utc
+from shared.events import ImageRequestedEncoder, RequestCreated, now_utc
 from shared.kafka import EventPublisher
 from shared.logs import request_id_var
 from shared.mongo import Store, new_request_doc, product_id
@@ -124,23 +124,37 @@ async def accept_upload(deps: Deps, stream: BinaryIO, *, filename: str | None,
                     report.warnings, report.warning_count)
 
 
+FIRST_BATCH = 250
+
+
 async def _store_and_publish(deps: Deps, request_id: str, stream: BinaryIO) -> None:
     """Pass 2 over the file, in batches: bounded memory at any size.
 
     A worker thread parses the next batch and encodes its documents and events
     while the previous batch's MongoDB insert and Kafka publish run
     concurrently; at most two batches are in flight.
+
+    The MongoDB insert is the bottleneck (the server spends far more per row
+    than we do), so it should start as early as possible and never wait: the
+    first batch is small (``FIRST_BATCH`` rows, ready in a few ms) and each next
+    one twice the size, up to ``publish_batch``; preparing a batch is several
+    times faster than inserting one half its size, so the next batch is
+    always ready when the previous insert returns.
     """
     stream.seek(0)
     rows = iter_products(stream, deps.settings.csv_limits())
     counter = iter(range(1 << 62))
+    encoder = ImageRequestedEncoder(request_id)
+    limit = deps.settings.publish_batch
+    size = min(FIRST_BATCH, limit)
     in_flight: asyncio.Future[Any] | None = None
     try:
         while True:
             docs, messages = await asyncio.to_thread(
-                _prepare, request_id, rows, counter, deps.settings.publish_batch)
+                _prepare, request_id, encoder, rows, counter, size)
             if not docs:
                 break
+            size = min(size * 2, limit)
             if in_flight is not None:
                 await in_flight
             in_flight = asyncio.gather(
@@ -155,15 +169,21 @@ async def _store_and_publish(deps: Deps, request_id: str, stream: BinaryIO) -> N
         raise
 
 
-def _prepare(request_id: str, rows: Iterator[ProductRow], counter: Iterator[int],
-             n: int) -> tuple[list[dict[str, Any]], list[tuple[bytes, bytes]]]:
-    """Up to ``n`` rows as product documents and encoded image events."""
+def _prepare(request_id: str, encoder: ImageRequestedEncoder, rows: Iterator[ProductRow],
+             counter: Iterator[int], n: int,
+             ) -> tuple[list[dict[str, Any]], list[tuple[bytes, bytes]]]:
+    """Up to ``n`` rows as product documents and encoded image events.
+
+    Events are encoded straight to JSON by ``encoder`` (byte-identical to
+    ``ImageRequested(...).encode()``, under half the CPU); one ``occurred_at``
+    per batch.
+    """
     docs: list[dict[str, Any]] = []
     messages: list[tuple[bytes, bytes]] = []
+    occurred_at = now_utc()
     for row in rows:
         docs.append(_product_doc(request_id, row, next(counter)))
-        for event in _image_events(request_id, row):
-            messages.append((event_key(event), event.encode()))
+        messages.extend(encoder.encode_product(row.serial, row.name, row.urls, occurred_at))
         if len(docs) >= n:
             break
     return docs, messages
@@ -173,12 +193,6 @@ def _product_doc(request_id: str, row: ProductRow, index: int) -> dict[str, Any]
     return {"_id": product_id(request_id, row.serial), "request_id": request_id,
             "serial": row.serial, "name": row.name, "row": index, "line": row.line,
             "input_urls": row.urls, "output_urls": [None] * len(row.urls)}
-
-
-def _image_events(request_id: str, row: ProductRow) -> list[ImageRequested]:
-    return [ImageRequested(request_id=request_id, image_id=image_id_for(request_id, url),
-                           serial=row.serial, product_name=row.name, position=i, url=url)
-            for i, url in enumerate(row.urls)]
 
 
 async def _withdraw(deps: Deps, request_id: str) -> None:
