@@ -32,6 +32,8 @@ from shared.signing import SignatureInvalid
 
 log = logging.getLogger(__name__)
 UPLOAD_PATH = "/api/v1/requests"
+CALLBACK_PATH = "/api/v1/callbacks/image-processed"
+CALLBACK_MAX_BYTES = 64 * 1024  # one image result; refused unread beyond this
 CSV_TYPES = {"text/csv", "application/csv", "text/plain", "application/vnd.ms-excel",
              "text/tab-separated-values", "text/x-csv", "application/octet-stream", ""}
 
@@ -83,6 +85,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # Counts the raw upload bytes: a chunked body cannot fill the disk first.
     app.add_middleware(BodyLimit, path=UPLOAD_PATH, max_upload_bytes=s.max_upload_bytes)
+    app.add_middleware(BodyLimit, path=CALLBACK_PATH, max_upload_bytes=CALLBACK_MAX_BYTES,
+                       overhead=0, hint="a callback reports one image")
     page = (Path(__file__).parent / "page.html").read_text()
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -147,7 +151,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 return problem(409, exc.code, exc.message)
         return accepted_body(s, accepted)
 
-    @app.post("/api/v1/callbacks/image-processed", status_code=202, tags=["callbacks"],
+    @app.post(CALLBACK_PATH, status_code=202, tags=["callbacks"],
               responses={401: {"model": ErrorsOut}, 404: {"model": ErrorsOut},
                          422: {"model": ErrorsOut}},
               openapi_extra={"requestBody": {"required": True, "content": {
@@ -161,6 +165,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         Sign ``"<unix time>." + body`` with HMAC-SHA256 and the shared secret
         (IMGPIPE_CALLBACK_SECRET); send ``X-Imgpipe-Signature: t=<time>,v1=<hex>``."""
         deps: Deps = request.app.state.deps
+        if not deps.settings.callback_secret:  # before reading anything
+            return problem(404, CallbacksDisabled.code,
+                           "callbacks are disabled: set IMGPIPE_CALLBACK_SECRET")
         try:
             event = await accept_callback(deps, await request.body(), x_imgpipe_signature)
         except CallbacksDisabled as exc:

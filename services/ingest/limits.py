@@ -24,10 +24,10 @@ def problem(status: int, code: str, message: str, column: str | None = None) -> 
     return JSONResponse(body, status_code=status)
 
 
-def too_large(max_upload_bytes: int) -> JSONResponse:
+def too_large(max_upload_bytes: int, hint: str = "split the CSV into smaller files"
+              ) -> JSONResponse:
     return problem(413, "file_too_large",
-                   f"the upload is larger than {max_upload_bytes} bytes: split the CSV "
-                   "into smaller files")
+                   f"the upload is larger than {max_upload_bytes} bytes: {hint}")
 
 
 class _BodyTooLarge(Exception):
@@ -60,11 +60,14 @@ class BodyLimit:
     Every error has the JSON shape of the API's other errors.
     """
 
-    def __init__(self, app: ASGIApp, *, path: str, max_upload_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, path: str, max_upload_bytes: int,
+                 overhead: int = MULTIPART_OVERHEAD,
+                 hint: str = "split the CSV into smaller files") -> None:
         self.app = app
         self.path = path
         self.max_upload_bytes = max_upload_bytes
-        self.limit = max_upload_bytes + MULTIPART_OVERHEAD
+        self.limit = max_upload_bytes + overhead
+        self.hint = hint
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (scope["type"] != "http" or scope["method"] != "POST"
@@ -82,7 +85,7 @@ class BodyLimit:
                 scope, receive, send)
             return
         if declared is not None and declared > self.limit:
-            await too_large(self.max_upload_bytes)(scope, receive, send)
+            await too_large(self.max_upload_bytes, self.hint)(scope, receive, send)
             return
         await self._counted(scope, receive, send)
 
@@ -112,4 +115,4 @@ class BodyLimit:
                         seen, self.limit)
             if started:  # cannot happen for the upload route: it reads first
                 raise
-            await too_large(self.max_upload_bytes)(scope, receive, send)
+            await too_large(self.max_upload_bytes, self.hint)(scope, receive, send)

@@ -130,3 +130,19 @@ def test_parse_content_length(raw: str | None, expected: int | type | None) -> N
             parse_content_length(raw)
     else:
         assert parse_content_length(raw) == expected
+
+
+@pytest.mark.stack
+def test_an_oversize_callback_is_refused_unread(pipeline: Pipeline) -> None:
+    """Callbacks carry one image result: a big (or endless) body is cut off at
+    64 KiB, before the signature is even looked at."""
+
+    def endless() -> Iterator[bytes]:
+        for _ in range(200):  # 12.8 MB if it were all read
+            yield b"x" * 65536
+
+    resp = httpx.post(f"{pipeline.ingest_url}/api/v1/callbacks/image-processed",
+                      content=endless(), timeout=60,
+                      headers={"Content-Type": "application/json"})
+    assert resp.status_code == 413, resp.text
+    assert "one image" in resp.json()["errors"][0]["message"]
