@@ -55,6 +55,11 @@ async def record_request_created(store: Store, ev: RequestCreated,
         # Re-created: images recorded before it existed were never counted.
         # (Only here: a recount racing a live increment would count twice.)
         request = await recount(store, ev.request_id)
+        # Every image recorded so far is in that recount: mark them counted, so
+        # later duplicates do not recount again (a request's events are handled
+        # one at a time, so nothing is recorded in between).
+        await store.images.update_many({"request_id": ev.request_id, "counted": False},
+                                       {"$set": {"counted": True}})
     else:
         request = await store.requests.find_one({"_id": ev.request_id})
     if request is not None and publish is not None:
@@ -152,7 +157,8 @@ async def maybe_complete(store: Store, request: dict[str, Any], publish: Publish
     if request["status"] not in TERMINAL_STATUSES:
         status = terminal_status(succeeded, failed)
         won = await store.requests.update_one(
-            {"_id": rid, "status": {"$nin": list(TERMINAL_STATUSES)}},
+            {"_id": rid, "status": {"$nin": list(TERMINAL_STATUSES)}, "accepted": True,
+             "withdrawn": {"$ne": True}},
             {"$set": {"status": status, "completed_at": now, "updated_at": now, **lease}})
         if won.modified_count:
             log.info("request finished: %s (%s ok, %s failed)", status, succeeded, failed)

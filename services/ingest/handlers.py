@@ -19,11 +19,11 @@ from pymongo.errors import DuplicateKeyError
 
 from services.ingest.csvparse import CsvIssue, ProductRow, ValidationReport, iter_products, validate
 from services.ingest.settings import Settings
-from shared.errors import ImgpipeError, InvalidInputError
+from shared.errors import ImgpipeError, InvalidInputError, TransientError
 from shared.events import ImageRequestedEncoder, RequestCreated, now_utc
 from shared.kafka import EventPublisher
 from shared.logs import request_id_var
-from shared.mongo import Store, new_request_doc, product_id
+from shared.mongo import TERMINAL_STATUSES, Store, new_request_doc, product_id
 from shared.netguard import check_url, check_url_static
 from shared.topics import Topic
 
@@ -106,17 +106,22 @@ async def accept_upload(deps: Deps, stream: BinaryIO, *, filename: str | None,
         raise
     try:
         await _store_and_publish(deps, request_id, stream)
-        # Accepted only once every image event is acknowledged; request-created
-        # goes last, so the aggregator's completion check on it sees the flag.
-        await deps.store.requests.update_one({"_id": request_id},
-                                             {"$set": {"accepted": True}})
-        await deps.publisher.publish(RequestCreated(
-            request_id=request_id, product_count=report.product_count,
-            image_count=report.image_count, webhook_url=webhook_url or None,
-            created_at=now, source_filename=filename))
-    except BaseException:
+        # Accepted only once every image event is acknowledged (and only if a
+        # retry has not withdrawn this attempt meanwhile); request-created goes
+        # last, so the aggregator's completion check on it sees the flag.
+        flipped = await deps.store.requests.update_one(
+            {"_id": request_id, "withdrawn": {"$ne": True}}, {"$set": {"accepted": True}})
+        if not flipped.matched_count:
+            raise TransientError("this upload was withdrawn while it was being accepted",
+                                 code="withdrawn")
+        await deps.publisher.publish(created_event(doc))
+    except BaseException as exc:
         log.exception("request %s could not be enqueued; withdrawing it", request_id)
-        await _withdraw(deps, request_id)
+        if not await _withdraw(deps, request_id) and isinstance(exc, Exception):
+            # It had already finished (its images completed while the last
+            # publish was failing): the client gets its id after all.
+            return Accepted(request_id, report.product_count, report.image_count,
+                            report.warnings, report.warning_count)
         raise
     log.info("accepted %s products, %s images from %r", report.product_count,
              report.image_count, filename)
@@ -159,7 +164,10 @@ async def _store_and_publish(deps: Deps, request_id: str, stream: BinaryIO) -> N
                 await in_flight
             in_flight = asyncio.gather(
                 deps.store.products.insert_many(docs, ordered=False),
-                deps.publisher.publish_encoded(Topic.IMAGE_REQUESTED, messages))
+                deps.publisher.publish_encoded(Topic.IMAGE_REQUESTED, messages),
+                # heartbeat: a retry with the same key sees this attempt is alive
+                deps.store.requests.update_one({"_id": request_id},
+                                               {"$set": {"updated_at": now_utc()}}))
         if in_flight is not None:
             await in_flight
     except BaseException:
@@ -195,13 +203,25 @@ def _product_doc(request_id: str, row: ProductRow, index: int) -> dict[str, Any]
             "input_urls": row.urls, "output_urls": [None] * len(row.urls)}
 
 
-async def _withdraw(deps: Deps, request_id: str) -> None:
-    await deps.store.requests.update_one(
-        {"_id": request_id},
+def created_event(doc: dict[str, Any]) -> RequestCreated:
+    return RequestCreated(
+        request_id=doc["_id"], product_count=doc["product_count"],
+        image_count=doc["image_count"], webhook_url=doc.get("webhook_url"),
+        created_at=doc["created_at"], source_filename=doc.get("filename"))
+
+
+async def _withdraw(deps: Deps, request_id: str) -> bool:
+    """Withdraw an attempt the client will not get an id for; False if it had
+    already finished (then it stands: the aggregator completed it)."""
+    result = await deps.store.requests.update_one(
+        {"_id": request_id, "status": {"$nin": list(TERMINAL_STATUSES)}},
         {"$set": {"status": "FAILED", "withdrawn": True, "accepted": False,
                   "error": "could not enqueue the request"},
          "$unset": {"idempotency_key": ""}})
+    if not result.matched_count:
+        return False
     await deps.store.products.delete_many({"request_id": request_id})
+    return True
 
 
 async def _earlier(deps: Deps, key: str, sha: str) -> Accepted | None:
@@ -213,13 +233,16 @@ async def _earlier(deps: Deps, key: str, sha: str) -> Accepted | None:
             "this Idempotency-Key was already used with a different file; "
             "use a new key for a new upload")
     if not doc.get("accepted"):
-        age = (now_utc() - doc["created_at"]).total_seconds()
+        age = (now_utc() - doc["updated_at"]).total_seconds()  # a heartbeat per batch
         if age < STALE_ATTEMPT_SECONDS:
             raise IdempotencyConflict(
                 "an upload with this Idempotency-Key is still being accepted; "
                 "retry in a few seconds")
         await _withdraw(deps, doc["_id"])  # an attempt that died half-way
         return None
+    # Published again (idempotent for the aggregator): the first attempt may
+    # have died between accepting and publishing it, leaving no completion check.
+    await deps.publisher.publish(created_event(doc))
     return Accepted(doc["_id"], doc["product_count"], doc["image_count"],
                     [CsvIssue(**w) for w in doc.get("warnings") or []],
                     doc.get("warning_count", 0), replayed=True)

@@ -209,3 +209,26 @@ async def test_duplicates_of_counted_images_do_not_recount(
     assert recounts == []
     image = await store.images.find_one({"_id": position_id(rid, 1, 0)})
     assert image is not None and image["counted"] is True
+
+
+async def test_after_a_recreate_duplicates_do_not_recount(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    import services.aggregator.handlers as handlers
+
+    rid, published = str(uuid.uuid4()), Published()
+    await record_image_done(store, done(rid, 0), published)  # before the request exists
+    await record_request_created(store, RequestCreated(
+        request_id=rid, product_count=1, image_count=2, created_at=now_utc()), published)
+    recounts: list[str] = []
+    real_recount = handlers.recount
+
+    async def counting_recount(st: Store, r: str) -> dict[str, Any] | None:
+        recounts.append(r)
+        return await real_recount(st, r)
+
+    monkeypatch.setattr(handlers, "recount", counting_recount)
+    for _ in range(3):
+        await record_image_done(store, done(rid, 0), published)
+    assert recounts == []
+    req = await store.requests.find_one({"_id": rid})
+    assert req is not None and req["succeeded"] == 1
