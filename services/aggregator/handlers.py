@@ -34,7 +34,7 @@ from shared.mongo import TERMINAL_STATUSES, Store, new_request_doc, position_id,
 
 log = logging.getLogger(__name__)
 Publish = Callable[[RequestCompleted], Awaitable[None]]
-PUBLISH_LEASE_SECONDS = 60.0
+PUBLISH_LEASE_SECONDS = 15.0  # one publish; a crashed holder stalls its agent this long
 
 
 async def record_request_created(store: Store, ev: RequestCreated,

@@ -23,7 +23,7 @@ import logging
 import random
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -61,7 +61,9 @@ async def on_request_completed(deps: Deps, ev: RequestCompleted) -> None:
         log.warning("request-completed for unknown request; ignored")
         return
     finished = doc.get("status") in TERMINAL_STATUSES
-    if not doc.get("accepted") or doc.get("withdrawn") or not finished:
+    stale = doc.get("completed_at") is not None and _ms(doc["completed_at"]) != _ms(
+        ev.completed_at)  # an older completion, from before an operator's reset
+    if not doc.get("accepted") or doc.get("withdrawn") or not finished or stale:
         # The client was told this upload failed, or it is not finished (a stale
         # completion replayed after a reset): never notify for it.
         log.warning("request-completed for a request that is %s (accepted=%s); ignored",
@@ -90,6 +92,11 @@ def payload(s: Settings, ev: RequestCompleted, csv_url: str) -> dict[str, Any]:
             "succeeded": ev.succeeded, "failed": ev.failed,
             "completed_at": ev.completed_at.isoformat(), "output_csv_url": csv_url,
             "status_url": s.status_url(ev.request_id)}
+
+
+def _ms(when: datetime) -> int:
+    """MongoDB keeps milliseconds: compare times at that precision."""
+    return int(when.timestamp() * 1000)
 
 
 def lease_seconds(s: Settings) -> float:

@@ -212,3 +212,14 @@ async def test_no_csv_and_no_webhook_for_a_request_not_to_notify(
     assert env.server.received == []
     doc = await env.store.requests.find_one({"_id": ev.request_id})
     assert doc is not None and doc["output_csv_url"] is None
+
+
+async def test_a_completion_from_before_a_reset_is_ignored(env: Env) -> None:
+    """The request was reset and completed again: the old event must not
+    notify (with stale counts) in place of the new one."""
+    ev = await env.request()
+    await env.store.requests.update_one(
+        {"_id": ev.request_id},
+        {"$set": {"completed_at": ev.completed_at + timedelta(seconds=30)}})
+    await on_request_completed(env.deps, ev)
+    assert env.server.received == []
