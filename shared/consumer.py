@@ -79,12 +79,17 @@ class _Tracker:
 
 class ConsumerLoop:
     def __init__(self, consumer: AIOKafkaConsumer, handler: Handler, *,
-                 dead_letter: DeadLetter, max_in_flight: int = 32,
+                 dead_letter: DeadLetter, give_up: DeadLetter | None = None,
+                 max_in_flight: int = 32,
                  drain_seconds: float = 30.0, revoke_seconds: float = 15.0,
                  commit_interval: float = 1.0) -> None:
         self.consumer = consumer
         self.handler = handler
         self.dead_letter = dead_letter
+        # Called once before a message is dead-lettered for an *unexpected*
+        # error (not a PermanentError), e.g. to report the item as failed so
+        # the work it belonged to can still finish.
+        self.give_up = give_up
         self.max_in_flight = max_in_flight
         self.drain_seconds = drain_seconds
         self.revoke_seconds = revoke_seconds
@@ -165,11 +170,15 @@ class ConsumerLoop:
         where = f"{tp.topic}[{tp.partition}]@{record.offset}"
         attempt = 0
         park: Exception | None = None  # set once the message is to be dead-lettered
+        report = False  # give_up still to be called before parking
         while True:
             try:
                 if park is None:
                     await self.handler(record)
                 else:
+                    if report and self.give_up is not None:
+                        await self.give_up(record, park)
+                    report = False
                     await self.dead_letter(record, park)
                     self.dead_lettered += 1
                 break
@@ -186,7 +195,7 @@ class ConsumerLoop:
             attempt += 1
             if park is None and not is_transient(error) and attempt >= MAX_UNEXPECTED_ATTEMPTS:
                 log.error("dead-lettering %s after %s attempts: %r", where, attempt, error)
-                park, attempt = error, 0
+                park, attempt, report = error, 0, True
                 continue
             delay = backoff(attempt)
             log.warning("retrying %s in %.1fs after %r", where, delay, error)

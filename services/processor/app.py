@@ -9,7 +9,7 @@ from aiokafka.structs import ConsumerRecord
 
 from services.processor.engine import EngineOptions, EnginePool
 from services.processor.fetch import Fetcher, FetchOptions
-from services.processor.handlers import ImageProcessor
+from services.processor.handlers import ImageProcessor, report_unexpected
 from services.processor.settings import Settings
 from shared.events import ImageRequested, decode_as
 from shared.kafka import EventPublisher, ensure_topics, make_consumer
@@ -58,7 +58,8 @@ async def main(settings: Settings | None = None) -> None:
                 topic=Topic.IMAGE_REQUESTED.full(s.topic_prefix), handler=handle,
                 publisher=publisher, host=s.processor_host,
                 health_port=s.processor_health_port, max_in_flight=s.processor_max_in_flight,
-                drain_seconds=s.processor_drain_seconds)
+                drain_seconds=s.processor_drain_seconds,
+                give_up=lambda record, exc: report_unexpected(publisher, record.value, exc))
     finally:
         await pool.close()
         await publisher.stop()

@@ -11,7 +11,7 @@ from typing import Any
 from services.processor.engine import CompressResult, EnginePool
 from services.processor.fetch import Fetcher
 from shared.errors import ImgpipeError, PermanentError
-from shared.events import ImageDone, ImageRequested
+from shared.events import ImageDone, ImageRequested, decode_as
 from shared.kafka import EventPublisher
 from shared.logs import request_id_var
 from shared.storage import ObjectStore
@@ -91,6 +91,17 @@ class ImageProcessor:
         key = object_key(event.request_id, event.image_id, result.extension)
         url = await self.store.put(key, result.data, result.content_type)
         return succeeded(result, url)
+
+
+async def report_unexpected(publisher: EventPublisher, raw: bytes | None,
+                            error: Exception) -> None:
+    """The consumer gave up on an image after repeated unexpected errors (a bug):
+    report it as failed, so its request still finishes and shows why."""
+    event = decode_as(raw, ImageRequested)
+    await publisher.publish(ImageDone(
+        request_id=event.request_id, image_id=event.image_id, serial=event.serial,
+        position=event.position, url=event.url, status="failed", error_code="internal_error",
+        error_message=f"processing failed unexpectedly: {error!r}"[:1000]))
 
 
 def succeeded(result: CompressResult, url: str) -> Outcome:

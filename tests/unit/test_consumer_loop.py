@@ -190,3 +190,26 @@ def test_a_finish_from_before_a_revoke_is_ignored() -> None:
     t.finish(A, 8, new)
     t.finish(A, 15, old)  # the stale task finishes late
     assert t.committable() == {A: 9}
+
+
+async def test_give_up_reports_before_parking_a_bug_but_not_a_bad_event() -> None:
+    fake = FakeConsumer({A: [0, 1]})
+    events: list[str] = []
+
+    async def handler(rec: Any) -> None:
+        if rec.offset == 0:
+            raise InvalidInputError("undecodable")  # permanent: parked, not reported
+        raise ZeroDivisionError("a bug")
+
+    async def give_up(rec: Any, exc: Exception) -> None:
+        events.append(f"give_up {rec.offset}")
+        if events.count(f"give_up {rec.offset}") == 1:
+            raise ConnectionError("broker away")  # retried, like the dead-letter
+
+    async def dead_letter(rec: Any, exc: Exception) -> None:
+        events.append(f"dead_letter {rec.offset}")
+
+    loop = ConsumerLoop(fake, handler, dead_letter=dead_letter,
+                        give_up=give_up, commit_interval=0)
+    await run_until(loop, lambda: fake.committed(A) == 2)
+    assert events == ["dead_letter 0", "give_up 1", "give_up 1", "dead_letter 1"]

@@ -106,3 +106,19 @@ async def test_identical_urls_are_fetched_once_unless_replayed() -> None:
     assert len({e.output_url for e in calls.published}) == 1
     await proc.handle(requested("http://x/a.jpg", replay_id="run-2"))
     assert len(calls.fetches) == 2
+
+
+async def test_a_message_given_up_on_is_reported_as_a_failed_image() -> None:
+    from services.processor.handlers import report_unexpected
+
+    published: list[ImageDone] = []
+
+    class Publisher:
+        async def publish(self, event: Any) -> None:
+            published.append(event)
+
+    raw = requested("http://x/a.jpg", serial=4).encode()
+    await report_unexpected(Publisher(), raw, KeyError("width"))  # type: ignore[arg-type]
+    [done] = published
+    assert (done.serial, done.status, done.error_code) == (4, "failed", "internal_error")
+    assert "KeyError" in (done.error_message or "")
