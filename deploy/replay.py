@@ -42,6 +42,10 @@ TOPICS = {t.value.removesuffix(".v1"): t for t in Topic if t is not Topic.DEAD_L
 RESETTABLE = (Topic.IMAGE_REQUESTED, Topic.IMAGE_DONE)
 
 
+class ReplayRefused(Exception):
+    """The replay would leave a request worse off; nothing was changed."""
+
+
 def identity(event: AnyEvent) -> tuple[object, ...]:
     """What makes two events the same work: one URL position, or one request."""
     if isinstance(event, ImageRequested | ImageDone):
@@ -50,7 +54,7 @@ def identity(event: AnyEvent) -> tuple[object, ...]:
 
 
 async def collect(s: CommonSettings, topic: Topic, request_ids: set[str] | None,
-                  idle: float) -> list[AnyEvent]:
+                  idle: float, max_seconds: float = 600.0) -> list[AnyEvent]:
     """Read the whole topic (until idle) and keep the matching events, one per
     position (or per request): the latest, since earlier replays added copies."""
     consumer = AIOKafkaConsumer(bootstrap_servers=s.kafka_bootstrap, enable_auto_commit=False,
@@ -64,9 +68,13 @@ async def collect(s: CommonSettings, topic: Topic, request_ids: set[str] | None,
         tps = [TopicPartition(name, p) for p in sorted(partitions)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
-        last = time.monotonic()
+        last = start = time.monotonic()
         with tqdm(desc=f"reading {name}", unit=" events", file=sys.stderr) as bar:
             while time.monotonic() - last < idle:
+                if time.monotonic() - start > max_seconds:
+                    raise ReplayRefused(
+                        f"{name} did not go quiet for {idle:.0f}s within {max_seconds:.0f}s "
+                        "(a busy topic): replay when traffic is lower, or raise --max-seconds")
                 batch = await consumer.getmany(timeout_ms=500, max_records=2000)
                 for records in batch.values():
                     last = time.monotonic()
@@ -81,10 +89,6 @@ async def collect(s: CommonSettings, topic: Topic, request_ids: set[str] | None,
     finally:
         await consumer.stop()
     return list(kept.values())
-
-
-class ReplayRefused(Exception):
-    """The replay would leave a request worse off; nothing was changed."""
 
 
 async def check_complete(store: Store, request_id: str, events: list[AnyEvent]) -> None:
@@ -126,12 +130,13 @@ def mark(event: AnyEvent, replay_id: str) -> AnyEvent:
 
 
 async def replay(s: CommonSettings, topic: Topic, request_ids: list[str] | None, *,
-                 do_reset: bool, idle: float, dry_run: bool, force: bool = False) -> int:
+                 do_reset: bool, idle: float, dry_run: bool, force: bool = False,
+                 max_seconds: float = 600.0) -> int:
     if do_reset and topic not in RESETTABLE:
         raise ReplayRefused("--reset only goes with image.requested or image.done: replaying "
                             f"{topic.value} after a reset would leave the request unfinished")
     wanted = set(request_ids) if request_ids else None
-    found = await collect(s, topic, wanted, idle)
+    found = await collect(s, topic, wanted, idle, max_seconds)
     log.info("%s matching event(s) found on %s", len(found), topic.full(s.topic_prefix))
     if dry_run or not found:
         return len(found)
@@ -169,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="clear the request's results first, so it is fully reprocessed")
     parser.add_argument("--idle", type=float, default=5.0,
                         help="stop reading after this many seconds without new events")
+    parser.add_argument("--max-seconds", type=float, default=600.0,
+                        help="give up (changing nothing) if the topic never goes quiet")
     parser.add_argument("--dry-run", action="store_true", help="count, publish nothing")
     parser.add_argument("--force", action="store_true",
                         help="reset even if not every image of the request was found")
@@ -179,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = CommonSettings()
     try:
         asyncio.run(replay(settings, TOPICS[args.topic], args.request_ids, do_reset=args.reset,
-                           idle=args.idle, dry_run=args.dry_run, force=args.force))
+                           idle=args.idle, dry_run=args.dry_run, force=args.force,
+                           max_seconds=args.max_seconds))
     except ReplayRefused as exc:
         log.error("refused: %s", exc)
         return 2
