@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import IO, Any
 
 from shared.csvtable import OUTPUT_HEADER, URL_SEPARATOR, format_row
 from shared.mongo import Store
@@ -24,5 +24,11 @@ async def iter_output_csv(store: Store, request_id: str) -> AsyncIterator[bytes]
         yield format_row(output_row(product)).encode()
 
 
-async def build_output_csv(store: Store, request_id: str) -> bytes:
-    return b"".join([chunk async for chunk in iter_output_csv(store, request_id)])
+async def write_output_csv(store: Store, request_id: str, out: IO[bytes]) -> int:
+    """Write the CSV to ``out`` row by row (memory stays flat at any size);
+    return the number of bytes written."""
+    size = 0
+    async for chunk in iter_output_csv(store, request_id):
+        out.write(chunk)
+        size += len(chunk)
+    return size

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+from typing import IO, BinaryIO, cast
 
 from minio import Minio
 
@@ -50,12 +51,11 @@ class ObjectStore:
 
     async def put(self, key: str, data: bytes, content_type: str) -> str:
         """Upload (overwriting any object at ``key``) and return its public URL."""
+        return await self.put_file(key, io.BytesIO(data), len(data), content_type)
+
+    async def put_file(self, key: str, data: IO[bytes], length: int, content_type: str) -> str:
+        """Upload ``length`` bytes read from ``data`` (streamed by the client)."""
         await asyncio.to_thread(
-            self._client.put_object,
-            self.bucket,
-            key,
-            io.BytesIO(data),
-            len(data),
-            content_type=content_type,
-        )
+            self._client.put_object, self.bucket, key, cast(BinaryIO, data), length,
+            content_type=content_type)
         return self.public_url(key)

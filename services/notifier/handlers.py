@@ -21,6 +21,7 @@ import asyncio
 import json
 import logging
 import random
+import tempfile
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -35,7 +36,7 @@ from shared.errors import ImgpipeError, TransientError
 from shared.events import RequestCompleted, now_utc
 from shared.logs import request_id_var
 from shared.mongo import TERMINAL_STATUSES, Store
-from shared.outputcsv import build_output_csv
+from shared.outputcsv import write_output_csv
 from shared.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -71,9 +72,12 @@ async def on_request_completed(deps: Deps, ev: RequestCompleted) -> None:
         return
     csv_url = doc.get("output_csv_url")
     if not csv_url:
-        data = await build_output_csv(deps.store, ev.request_id)
-        csv_url = await deps.objects.put(f"{ev.request_id}/output.csv", data,
-                                         "text/csv; charset=utf-8")
+        # Spooled to disk past 8 MiB: a huge request does not hold its CSV in memory.
+        with tempfile.SpooledTemporaryFile(max_size=8 << 20) as tmp:
+            size = await write_output_csv(deps.store, ev.request_id, tmp)
+            tmp.seek(0)
+            csv_url = await deps.objects.put_file(f"{ev.request_id}/output.csv", tmp, size,
+                                                  "text/csv; charset=utf-8")
         await deps.store.requests.update_one({"_id": ev.request_id},
                                              {"$set": {"output_csv_url": csv_url}})
         log.info("output CSV stored at %s", csv_url)

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import IO, Any
 
 import aiohttp
 import httpx
@@ -36,9 +36,10 @@ class CountingObjects(ObjectStore):
 
     puts: int = 0
 
-    async def put(self, key: str, data: bytes, content_type: str) -> str:
+    async def put_file(self, key: str, data: IO[bytes], length: int,
+                       content_type: str) -> str:
         self.puts += 1
-        return await super().put(key, data, content_type)
+        return await super().put_file(key, data, length, content_type)
 
 
 @dataclass
