@@ -9,6 +9,7 @@ completion and the webhook work exactly as for our own processor.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Literal, Self
 
 from pydantic import BaseModel, Field, HttpUrl, ValidationError, model_validator
@@ -51,10 +52,14 @@ class CallbackIn(BaseModel):
         return self
 
 
-async def accept_callback(deps: Deps, body: bytes, signature: str | None) -> ImageDone:
+async def accept_callback(deps: Deps, read_body: Callable[[], Awaitable[bytes]],
+                          signature: str | None) -> ImageDone:
+    """``read_body`` is called only once callbacks are known to be enabled: a
+    disabled endpoint reads nothing."""
     secret = deps.settings.callback_secret
     if not secret:
         raise CallbacksDisabled("callbacks are disabled: set IMGPIPE_CALLBACK_SECRET")
+    body = await read_body()
     signing.verify(secret, body, signature, tolerance=deps.settings.callback_tolerance_seconds)
     try:
         cb = CallbackIn.model_validate_json(body)

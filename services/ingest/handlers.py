@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import logging
 import uuid
 from collections.abc import Iterator
@@ -54,7 +55,6 @@ class Accepted:
     image_count: int
     warnings: list[CsvIssue] = field(default_factory=list)
     warning_count: int = 0
-    replayed: bool = False
 
 
 @dataclass
@@ -148,7 +148,7 @@ async def _store_and_publish(deps: Deps, request_id: str, stream: BinaryIO) -> N
     """
     stream.seek(0)
     rows = iter_products(stream, deps.settings.csv_limits())
-    counter = iter(range(1 << 62))
+    counter = itertools.count()
     encoder = ImageRequestedEncoder(request_id)
     limit = deps.settings.publish_batch
     size = min(FIRST_BATCH, limit)
@@ -245,7 +245,7 @@ async def _earlier(deps: Deps, key: str, sha: str) -> Accepted | None:
     await deps.publisher.publish(created_event(doc))
     return Accepted(doc["_id"], doc["product_count"], doc["image_count"],
                     [CsvIssue(**w) for w in doc.get("warnings") or []],
-                    doc.get("warning_count", 0), replayed=True)
+                    doc.get("warning_count", 0))
 
 
 async def _check_webhook(deps: Deps, url: str) -> None:
