@@ -24,13 +24,19 @@ ROOT = Path(__file__).resolve().parents[1]
 class ServicePorts:
     ingest: int = 8000
     status: int = 8001
-    processor: int = 8002  # processor i listens on processor + 10 * i
+    processor: int = 8002  # processor i listens on processor + 10 * i (fixed plan)
     notifier: int = 8003
     aggregator: int = 8004
+    fixed: bool = True  # False: every port is a free one picked at start
 
     @classmethod
     def free(cls) -> ServicePorts:
-        return cls(free_port(), free_port(), free_port(), free_port(), free_port())
+        return cls(free_port(), free_port(), free_port(), free_port(), free_port(), fixed=False)
+
+    def processor_port(self, i: int) -> int:
+        if i == 0 or self.fixed:
+            return self.processor + 10 * i
+        return free_port()
 
 
 @dataclass
@@ -75,7 +81,7 @@ def plan(base_env: dict[str, str], ports: ServicePorts, *, processors: int = 2) 
                 {**env, "IMGPIPE_NOTIFIER_HEALTH_PORT": str(ports.notifier)}, ports.notifier),
     ]
     for i in range(processors):
-        port = ports.processor + 10 * i if i == 0 or ports.processor == 8002 else free_port()
+        port = ports.processor_port(i)
         out.append(Service(f"processor-{i + 1}", _module("services.processor"),
                            {**env, "IMGPIPE_PROCESSOR_HEALTH_PORT": str(port)}, port))
     return out
