@@ -109,10 +109,6 @@ async def reset(store: Store, request_id: str) -> None:
     if request is None:
         raise ReplayRefused(f"no request {request_id} in MongoDB")
     await store.images.delete_many({"request_id": request_id})
-    async for product in store.products.find({"request_id": request_id}, {"input_urls": 1}):
-        await store.products.update_one(
-            {"_id": product["_id"]},
-            {"$set": {"output_urls": [None] * len(product["input_urls"])}})
     hook = "pending" if request.get("webhook_url") else "none"
     await store.requests.update_one({"_id": request_id}, {
         "$set": {"status": "QUEUED", "succeeded": 0, "failed": 0, "completed_at": None,

@@ -176,6 +176,7 @@ class ImageRequestedEncoder:
         self._image_ns = hashlib.sha1(IMAGE_ID_NAMESPACE.bytes + f"{request_id}\n".encode())
         self._after_time = (f',"event_type":"image.requested","request_id":'
                             f'{encode_basestring(request_id)},"image_id":"')
+        self._occurred: tuple[datetime, str] | None = None
 
     def image_id(self, url: str) -> str:
         """Same as :func:`image_id_for` (uuid5 of ``request_id + "\\n" + url``)."""
@@ -183,10 +184,16 @@ class ImageRequestedEncoder:
         h.update(url.encode())
         return _uuid_str(h.hexdigest(), "5")
 
+    def _occurred_json(self, when: datetime) -> str:
+        """Formatted once per distinct time (callers pass one per batch)."""
+        if self._occurred is None or self._occurred[0] != when:
+            self._occurred = (when, _DATETIME_JSON.dump_json(when).decode())
+        return self._occurred[1]
+
     def encode_product(self, serial: int, product_name: str, urls: list[str],
                        occurred_at: datetime | None = None) -> list[tuple[bytes, bytes]]:
         """``(key, value)`` of each URL position's event: key is the image id."""
-        occurred = _DATETIME_JSON.dump_json(occurred_at or now_utc()).decode()
+        occurred = self._occurred_json(occurred_at or now_utc())
         random_hex = os.urandom(16 * len(urls)).hex()
         head = self._after_time
         middle = f'","serial":{int(serial)},"product_name":{encode_basestring(product_name)}'

@@ -2,8 +2,9 @@
 
 Collections (see docs/database.md):
 - ``requests``: one per upload; counts, status, timestamps, output CSV, webhook.
-- ``products``: one per CSV row; input and output URL lists in CSV order.
-- ``images``: one per URL position; status, sizes, qualities, error.
+- ``product_pages``: the CSV rows, ``page_rows`` consecutive rows per document
+  (``shared/products.py``).
+- ``images``: one per URL position; status, output URL, sizes, qualities, error.
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ class Store:
         return self.db["requests"]
 
     @property
-    def products(self) -> AsyncCollection:
-        return self.db["products"]
+    def product_pages(self) -> AsyncCollection:
+        return self.db["product_pages"]
 
     @property
     def images(self) -> AsyncCollection:
@@ -54,7 +55,6 @@ class Store:
             unique=True,
             partialFilterExpression={"idempotency_key": {"$type": "string"}},
         )
-        await self.products.create_index([("request_id", ASCENDING), ("row", ASCENDING)])
         await self.images.create_index(
             [("request_id", ASCENDING), ("serial", ASCENDING), ("position", ASCENDING)]
         )
@@ -86,10 +86,6 @@ def new_request_doc(request_id: str, *, product_count: int, image_count: int,
         "started_at": None, "completed_at": None, "output_csv_url": None,
         "completion_published": False, **extra,
     }
-
-
-def product_id(request_id: str, serial: int) -> str:
-    return f"{request_id}:{serial}"
 
 
 def position_id(request_id: str, serial: int, position: int) -> str:

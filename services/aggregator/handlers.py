@@ -30,7 +30,7 @@ from pymongo.errors import DuplicateKeyError
 from shared.errors import TransientError
 from shared.events import ImageDone, RequestCompleted, RequestCreated, now_utc
 from shared.logs import request_id_var
-from shared.mongo import TERMINAL_STATUSES, Store, new_request_doc, position_id, product_id
+from shared.mongo import TERMINAL_STATUSES, Store, new_request_doc, position_id
 
 log = logging.getLogger(__name__)
 Publish = Callable[[RequestCompleted], Awaitable[None]]
@@ -75,13 +75,9 @@ async def record_image_done(store: Store, ev: ImageDone, publish: Publish) -> No
         first = True
     except DuplicateKeyError:
         first = False
-        # The first result recorded for a position wins; repeat *it* below.
+        # The first result recorded for a position wins: it is the product's
+        # output URL there (shared/products.py reads outputs from ``images``).
         doc = await store.images.find_one({"_id": doc["_id"]}) or doc
-    # Idempotent either way (and repairs a crash between the two writes).
-    output = doc.get("output_url") if doc.get("status") == "succeeded" else None
-    await store.products.update_one(
-        {"_id": product_id(ev.request_id, ev.serial)},
-        {"$set": {f"output_urls.{ev.position}": output}})
     if first:
         field = "succeeded" if ev.status == "succeeded" else "failed"
         request = await store.requests.find_one_and_update(

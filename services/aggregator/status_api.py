@@ -18,6 +18,7 @@ from services.aggregator.settings import Settings
 from shared.logs import setup_logging
 from shared.mongo import TERMINAL_STATUSES, Store, make_client, mongo_health
 from shared.outputcsv import iter_output_csv
+from shared.products import iter_products
 
 log = logging.getLogger(__name__)
 
@@ -150,11 +151,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            offset: int = Query(0, ge=0),
                            limit: int = Query(100, ge=1, le=1000)) -> list[ProductOut]:
         """Product rows in input order, with output URLs as far as processed."""
-        await load(request, request_id)
-        cursor = request.app.state.store.products.find({"request_id": request_id}).sort(
-            "row", 1).skip(offset).limit(limit)
-        return [ProductOut(serial=p["serial"], name=p["name"], input_urls=p["input_urls"],
-                           output_urls=p["output_urls"]) async for p in cursor]
+        doc = await load(request, request_id)
+        products = iter_products(request.app.state.store, doc, start=offset, limit=limit)
+        return [ProductOut(serial=p.serial, name=p.name, input_urls=p.input_urls,
+                           output_urls=p.output_urls) async for p in products]
 
     @app.get("/api/v1/requests/{request_id}/output.csv", tags=["requests"],
              response_class=StreamingResponse,
@@ -167,7 +167,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "code": "not_finished",
                 "message": f"the request is {doc['status']}: try again when it is finished"})
         return StreamingResponse(
-            iter_output_csv(request.app.state.store, request_id), media_type="text/csv",
+            iter_output_csv(request.app.state.store, doc), media_type="text/csv",
             headers={"Content-Disposition": f'attachment; filename="{request_id}.csv"'})
 
     return app

@@ -19,7 +19,7 @@ from shared import signing
 from shared.errors import InvalidInputError, PermanentError
 from shared.events import ImageDone, image_id_for
 from shared.logs import request_id_var
-from shared.mongo import product_id
+from shared.products import find_product
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,9 @@ async def accept_callback(deps: Deps, read_body: Callable[[], Awaitable[bytes]],
         where = ".".join(str(p) for p in first["loc"]) or "body"
         raise InvalidInputError(f"{where}: {first['msg']}", code="callback_invalid") from exc
     request_id_var.set(cb.request_id)
-    product = await deps.store.products.find_one({"_id": product_id(cb.request_id, cb.serial)})
+    request = await deps.store.requests.find_one(
+        {"_id": cb.request_id}, {"product_count": 1, "page_rows": 1, "serial_offset": 1})
+    product = await find_product(deps.store, request, cb.serial) if request else None
     urls = (product or {}).get("input_urls") or []
     if cb.position >= len(urls) or urls[cb.position] != cb.url:
         raise InvalidInputError(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import itertools
 import logging
 import uuid
 from collections.abc import Iterator
@@ -24,8 +23,9 @@ from shared.errors import ImgpipeError, InvalidInputError, TransientError
 from shared.events import ImageRequestedEncoder, RequestCreated, now_utc
 from shared.kafka import EventPublisher
 from shared.logs import request_id_var
-from shared.mongo import TERMINAL_STATUSES, Store, new_request_doc, product_id
+from shared.mongo import TERMINAL_STATUSES, Store, new_request_doc
 from shared.netguard import check_url, check_url_static
+from shared.products import PageBuilder, id_range, rows_per_page
 from shared.topics import Topic
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,8 @@ async def accept_upload(deps: Deps, stream: BinaryIO, *, filename: str | None,
         request_id, product_count=report.product_count, image_count=report.image_count,
         webhook_url=webhook_url or None, created_at=now, filename=filename, accepted=False,
         file_sha256=sha, warnings=[w.as_dict() for w in report.warnings],
-        warning_count=report.warning_count)
+        warning_count=report.warning_count,
+        page_rows=rows_per_page(s.csv_limits().max_row_bytes()))
     if idempotency_key:
         doc["idempotency_key"] = idempotency_key
     try:
@@ -105,12 +106,14 @@ async def accept_upload(deps: Deps, stream: BinaryIO, *, filename: str | None,
             return earlier
         raise
     try:
-        await _store_and_publish(deps, request_id, stream)
+        pages = PageBuilder(request_id, doc["page_rows"])
+        await _store_and_publish(deps, pages, stream)
         # Accepted only once every image event is acknowledged (and only if a
         # retry has not withdrawn this attempt meanwhile); request-created goes
         # last, so the aggregator's completion check on it sees the flag.
         flipped = await deps.store.requests.update_one(
-            {"_id": request_id, "withdrawn": {"$ne": True}}, {"$set": {"accepted": True}})
+            {"_id": request_id, "withdrawn": {"$ne": True}},
+            {"$set": {"accepted": True, "serial_offset": pages.serial_offset}})
         if not flipped.matched_count:
             raise TransientError("this upload was withdrawn while it was being accepted",
                                  code="withdrawn")
@@ -129,44 +132,39 @@ async def accept_upload(deps: Deps, stream: BinaryIO, *, filename: str | None,
                     report.warnings, report.warning_count)
 
 
-FIRST_BATCH = 250
+FIRST_BATCH = 200
 
 
-async def _store_and_publish(deps: Deps, request_id: str, stream: BinaryIO) -> None:
+async def _store_and_publish(deps: Deps, pages: PageBuilder, stream: BinaryIO) -> None:
     """Pass 2 over the file, in batches: bounded memory at any size.
 
-    A worker thread parses the next batch and encodes its documents and events
-    while the previous batch's MongoDB insert and Kafka publish run
+    A worker thread parses the next batch and encodes its page documents and
+    events while the previous batch's MongoDB insert and Kafka publish run
     concurrently; at most two batches are in flight.
 
-    The MongoDB insert is the bottleneck (the server spends far more per row
-    than we do), so it should start as early as possible and never wait: the
-    first batch is small (``FIRST_BATCH`` rows, ready in a few ms) and each next
-    one twice the size, up to ``publish_batch``; preparing a batch is several
-    times faster than inserting one half its size, so the next batch is
-    always ready when the previous insert returns.
+    The first batch is small (``FIRST_BATCH`` rows, ready in a few ms) so the
+    writes start at once; each next one is twice the size, up to
+    ``publish_batch`` rows.
     """
     stream.seek(0)
     rows = iter_products(stream, deps.settings.csv_limits())
-    counter = itertools.count()
-    encoder = ImageRequestedEncoder(request_id)
+    encoder = ImageRequestedEncoder(pages.request_id)
     limit = deps.settings.publish_batch
     size = min(FIRST_BATCH, limit)
     in_flight: asyncio.Future[Any] | None = None
     try:
         while True:
-            docs, messages = await asyncio.to_thread(
-                _prepare, request_id, encoder, rows, counter, size)
+            docs, messages = await asyncio.to_thread(_prepare, pages, encoder, rows, size)
             if not docs:
                 break
             size = min(size * 2, limit)
             if in_flight is not None:
                 await in_flight
             in_flight = asyncio.gather(
-                deps.store.products.insert_many(docs, ordered=False),
+                deps.store.product_pages.insert_many(docs, ordered=False),
                 deps.publisher.publish_encoded(Topic.IMAGE_REQUESTED, messages),
                 # heartbeat: a retry with the same key sees this attempt is alive
-                deps.store.requests.update_one({"_id": request_id},
+                deps.store.requests.update_one({"_id": pages.request_id},
                                                {"$set": {"updated_at": now_utc()}}))
         if in_flight is not None:
             await in_flight
@@ -177,10 +175,9 @@ async def _store_and_publish(deps: Deps, request_id: str, stream: BinaryIO) -> N
         raise
 
 
-def _prepare(request_id: str, encoder: ImageRequestedEncoder, rows: Iterator[ProductRow],
-             counter: Iterator[int], n: int,
-             ) -> tuple[list[dict[str, Any]], list[tuple[bytes, bytes]]]:
-    """Up to ``n`` rows as product documents and encoded image events.
+def _prepare(pages: PageBuilder, encoder: ImageRequestedEncoder, rows: Iterator[ProductRow],
+             n: int) -> tuple[list[dict[str, Any]], list[tuple[bytes, bytes]]]:
+    """About ``n`` rows (whole pages) as page documents and encoded events.
 
     Events are encoded straight to JSON by ``encoder`` (byte-identical to
     ``ImageRequested(...).encode()``, under half the CPU); one ``occurred_at``
@@ -189,18 +186,17 @@ def _prepare(request_id: str, encoder: ImageRequestedEncoder, rows: Iterator[Pro
     docs: list[dict[str, Any]] = []
     messages: list[tuple[bytes, bytes]] = []
     occurred_at = now_utc()
-    for row in rows:
-        docs.append(_product_doc(request_id, row, next(counter)))
+    for taken, row in enumerate(rows, start=1):
+        page = pages.add(row.serial, row.name, row.line, row.urls)
         messages.extend(encoder.encode_product(row.serial, row.name, row.urls, occurred_at))
-        if len(docs) >= n:
-            break
+        if page is not None:
+            docs.append(page)
+            if taken >= n:
+                return docs, messages
+    last = pages.flush()
+    if last is not None:
+        docs.append(last)
     return docs, messages
-
-
-def _product_doc(request_id: str, row: ProductRow, index: int) -> dict[str, Any]:
-    return {"_id": product_id(request_id, row.serial), "request_id": request_id,
-            "serial": row.serial, "name": row.name, "row": index, "line": row.line,
-            "input_urls": row.urls, "output_urls": [None] * len(row.urls)}
 
 
 def created_event(doc: dict[str, Any]) -> RequestCreated:
@@ -220,7 +216,7 @@ async def _withdraw(deps: Deps, request_id: str) -> bool:
          "$unset": {"idempotency_key": ""}})
     if not result.matched_count:
         return False
-    await deps.store.products.delete_many({"request_id": request_id})
+    await deps.store.product_pages.delete_many({"_id": id_range(request_id)})
     return True
 
 

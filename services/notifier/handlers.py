@@ -74,7 +74,7 @@ async def on_request_completed(deps: Deps, ev: RequestCompleted) -> None:
     if not csv_url:
         # Spooled to disk past 8 MiB: a huge request does not hold its CSV in memory.
         with tempfile.SpooledTemporaryFile(max_size=8 << 20) as tmp:
-            size = await write_output_csv(deps.store, ev.request_id, tmp)
+            size = await write_output_csv(deps.store, doc, tmp)
             tmp.seek(0)
             csv_url = await deps.objects.put_file(f"{ev.request_id}/output.csv", tmp, size,
                                                   "text/csv; charset=utf-8")

@@ -13,7 +13,8 @@ import pytest
 from services.aggregator.handlers import record_image_done, record_request_created
 from shared.errors import TransientError
 from shared.events import ImageDone, RequestCompleted, RequestCreated, now_utc
-from shared.mongo import Store, make_client, new_request_doc, position_id, product_id
+from shared.mongo import Store, make_client, new_request_doc, position_id
+from shared.products import PageBuilder, iter_products
 from shared.settings import CommonSettings
 
 pytestmark = pytest.mark.stack
@@ -40,9 +41,9 @@ async def new_request(store: Store, images: int = 2) -> str:
     rid = str(uuid.uuid4())
     await record_request_created(store, RequestCreated(
         request_id=rid, product_count=1, image_count=images, created_at=now_utc()))
-    await store.products.insert_one({"_id": product_id(rid, 1), "request_id": rid, "serial": 1,
-                                     "name": "P", "row": 0, "input_urls": ["a"] * images,
-                                     "output_urls": [None] * images})
+    pages = PageBuilder(rid, page_rows=10)
+    pages.add(1, "P", 2, [f"http://in/{i}.jpg" for i in range(images)])
+    await store.product_pages.insert_one(pages.flush())
     return rid
 
 
@@ -99,8 +100,8 @@ async def test_completion_is_published_exactly_once_under_concurrent_duplicates(
     assert req["status"] == "COMPLETED_WITH_ERRORS" and req["completion_published"]
     assert len(published) == 1
     assert (published[0].succeeded, published[0].failed, published[0].total) == (1, 1, 2)
-    product = await store.products.find_one({"_id": product_id(rid, 1)})
-    assert product is not None and product["output_urls"] == ["http://out/0.jpg", None]
+    products = [p async for p in iter_products(store, req)]
+    assert [p.output_urls for p in products] == [["http://out/0.jpg", None]]
 
 
 async def test_an_unpublished_completion_is_published_on_redelivery(store: Store) -> None:

@@ -22,8 +22,9 @@ from services.notifier.settings import Settings
 from shared import signing
 from shared.errors import TransientError
 from shared.events import RequestCompleted, now_utc
-from shared.mongo import Store, make_client
+from shared.mongo import Store, make_client, position_id
 from shared.netguard import NetPolicy, guarded_session
+from shared.products import PageBuilder
 from shared.storage import ObjectStore
 from tests.conftest import HttpServer
 
@@ -62,9 +63,12 @@ class Env:
             "image_count": 1, "succeeded": 1, "failed": 0, "webhook_url": url,
             "webhook": webhook or {"status": "pending" if url else "none", "attempts": 0},
             "created_at": now, "completed_at": now, "output_csv_url": None})
-        await self.store.products.insert_one({
-            "_id": f"{rid}:1", "request_id": rid, "serial": 1, "name": "Shoe", "row": 0,
-            "input_urls": ["http://in/a.jpg"], "output_urls": ["http://out/a.jpg"]})
+        pages = PageBuilder(rid, page_rows=100)
+        pages.add(1, "Shoe", 2, ["http://in/a.jpg"])
+        await self.store.product_pages.insert_one(pages.flush())
+        await self.store.images.insert_one({
+            "_id": position_id(rid, 1, 0), "request_id": rid, "serial": 1, "position": 0,
+            "status": "succeeded", "output_url": "http://out/a.jpg"})
         return RequestCompleted(request_id=rid, status="COMPLETED", total=1, succeeded=1,
                                 failed=0, completed_at=now)
 

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.ingest.csvparse import ProductRow
-from services.ingest.handlers import _prepare, _product_doc
+from services.ingest.handlers import _prepare
 from shared.events import (
     ImageRequested,
     ImageRequestedEncoder,
@@ -21,6 +21,7 @@ from shared.events import (
     event_key,
     image_id_for,
 )
+from shared.products import PageBuilder
 
 NAMES = ["Product 1", 'He said "hi"', "back\\slash", "tab\tnew\nline\r", "ctl \x00\x01\x1f\x7f",
          "é ü ß 中文 日本語", "emoji 🙂🚀", "line sep \u2028 para \u2029", "</script>", "", " x "]
@@ -114,16 +115,22 @@ def test_image_id_equals_uuid5() -> None:
             uuid.UUID("6a1f0d3e-8a57-4c1e-9d5e-2f0b7c9e4a11"), f"req-1\n{url}"))
 
 
-def test_prepare_batches_rows_into_docs_and_events() -> None:
+def test_prepare_batches_whole_pages_of_rows_and_their_events() -> None:
     rows = [ProductRow(line=i + 2, serial=i + 1, name=NAMES[i % len(NAMES)],
                        urls=URLS[: 1 + i % len(URLS)]) for i in range(25)]
-    it, counter = iter(rows), iter(range(1 << 62))
+    it, pages = iter(rows), PageBuilder("req", page_rows=4)
     encoder = ImageRequestedEncoder("req")
-    docs1, msgs1 = _prepare("req", encoder, it, counter, 10)
-    docs2, msgs2 = _prepare("req", encoder, it, counter, 100)
-    docs3, msgs3 = _prepare("req", encoder, it, counter, 100)
-    assert (len(docs1), len(docs2), docs3, msgs3) == (10, 15, [], [])
-    assert docs1 + docs2 == [_product_doc("req", row, i) for i, row in enumerate(rows)]
+    docs1, msgs1 = _prepare(pages, encoder, it, 10)
+    docs2, msgs2 = _prepare(pages, encoder, it, 100)
+    docs3, msgs3 = _prepare(pages, encoder, it, 100)
+    # a batch ends on a page boundary, the last page is partial
+    assert [d["first_row"] for d in docs1] == [0, 4, 8]
+    assert [d["first_row"] for d in docs2] == [12, 16, 20, 24]
+    assert (docs3, msgs3) == ([], [])
+    stored = [r for d in docs1 + docs2 for r in d["rows"]]
+    assert stored == [{"serial": r.serial, "name": r.name, "line": r.line, "input_urls": r.urls}
+                      for r in rows]
+    assert pages.serial_offset == 1
     events = [decode(v) for _, v in msgs1 + msgs2]
     assert [(e.serial, e.position, e.url) for e in events if isinstance(e, ImageRequested)] \
         == [(r.serial, p, u) for r in rows for p, u in enumerate(r.urls)]

@@ -1,0 +1,152 @@
+"""Product rows in MongoDB: pages of consecutive CSV rows (see docs/database.md).
+
+A request's rows are stored as ``product_pages`` documents of ``page_rows``
+consecutive rows each (MongoDB's bucket pattern), written once by ingest and
+never changed. One document per row made the insert the slowest part of an
+upload (a server spends far more per document than per byte), and the pages
+need no secondary index: page ids are computed, ``<request_id>:<first_row>``.
+
+Output URLs are not copied into the pages: each image's result lives in its
+``images`` document, and a product's output list is read from there in
+position order (:func:`iter_products`), so there is one place to update and
+one source of truth.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from shared.mongo import Store, position_id
+
+MAX_PAGE_ROWS = 100
+MAX_PAGE_BYTES = 8 * 1024 * 1024  # well under MongoDB's 16 MiB document limit
+ROW_OVERHEAD_BYTES = 64  # BSON field names, types and array keys of one row
+
+
+def rows_per_page(max_row_bytes: int) -> int:
+    """Rows per page such that a page of the largest allowed rows stays under
+    ``MAX_PAGE_BYTES``."""
+    return max(1, min(MAX_PAGE_ROWS, MAX_PAGE_BYTES // max(1, max_row_bytes)))
+
+
+def page_id(request_id: str, first_row: int) -> str:
+    return f"{request_id}:{first_row:07d}"
+
+
+def id_range(request_id: str) -> dict[str, str]:
+    """An ``_id`` filter for every page of one request (ids share its prefix)."""
+    return {"$gte": f"{request_id}:", "$lt": f"{request_id};"}
+
+
+@dataclass
+class Product:
+    row: int  # 0-based index among the CSV's data rows
+    serial: int
+    name: str
+    input_urls: list[str]
+    output_urls: list[str | None]  # None: not processed yet, or failed
+
+
+class PageBuilder:
+    """Groups rows, in file order, into page documents.
+
+    Also finds whether the serial numbers follow the rows (serial = row +
+    ``serial_offset`` for every row, as in the usual 1, 2, 3...): then a
+    product is found from its serial with one ``_id`` lookup.
+    """
+
+    def __init__(self, request_id: str, page_rows: int) -> None:
+        self.request_id, self.page_rows = request_id, page_rows
+        self.rows = 0
+        self._page: list[dict[str, Any]] = []
+        self._linear = True
+        self._offset: int | None = None
+
+    @property
+    def serial_offset(self) -> int | None:
+        return self._offset if self._linear else None
+
+    def add(self, serial: int, name: str, line: int, urls: list[str]) -> dict[str, Any] | None:
+        """Add the next row; returns the page it completed, if any."""
+        if self._offset is None:
+            self._offset = serial - self.rows
+        elif serial - self.rows != self._offset:
+            self._linear = False
+        self._page.append({"serial": serial, "name": name, "line": line, "input_urls": urls})
+        self.rows += 1
+        return self.flush() if len(self._page) >= self.page_rows else None
+
+    def flush(self) -> dict[str, Any] | None:
+        """The page of rows added since the last page, if any."""
+        if not self._page:
+            return None
+        first = self.rows - len(self._page)
+        doc = {"_id": page_id(self.request_id, first), "request_id": self.request_id,
+               "first_row": first, "rows": self._page}
+        self._page = []
+        return doc
+
+
+async def _outputs(store: Store, request_id: str,
+                   rows: Iterable[dict[str, Any]]) -> dict[str, str | None]:
+    """Output URL (None if failed) of every recorded image of these rows."""
+    ids = [position_id(request_id, r["serial"], i)
+           for r in rows for i in range(len(r["input_urls"]))]
+    found: dict[str, str | None] = {}
+    async for img in store.images.find({"_id": {"$in": ids}}, {"status": 1, "output_url": 1}):
+        found[img["_id"]] = img.get("output_url") if img.get("status") == "succeeded" else None
+    return found
+
+
+async def iter_products(store: Store, request: dict[str, Any], *, start: int = 0,
+                        limit: int | None = None) -> AsyncIterator[Product]:
+    """The request's products in input order from row ``start``, with their
+    output URLs as far as recorded. ``request`` is its ``requests`` document.
+
+    Pages are read one at a time by computed id (no sort, no scan), so memory
+    stays flat at any size.
+    """
+    rid, count = request["_id"], request["product_count"]
+    page_rows = request.get("page_rows") or MAX_PAGE_ROWS
+    end = count if limit is None else min(count, start + limit)
+    first = start - start % page_rows
+    for page_start in range(first, end, page_rows):
+        page = await store.product_pages.find_one({"_id": page_id(rid, page_start)})
+        if page is None:  # withdrawn meanwhile, or removed by an operator
+            return
+        skip = max(0, start - page_start)
+        rows = page["rows"][skip:end - page_start]
+        outputs = await _outputs(store, rid, rows)
+        for k, r in enumerate(rows, start=page_start + skip):
+            yield Product(
+                row=k, serial=r["serial"],
+                name=r["name"], input_urls=r["input_urls"],
+                output_urls=[outputs.get(position_id(rid, r["serial"], i))
+                             for i in range(len(r["input_urls"]))])
+
+
+async def find_product(store: Store, request: dict[str, Any],
+                       serial: int) -> dict[str, Any] | None:
+    """The stored row (``serial``, ``name``, ``line``, ``input_urls``) with this
+    serial number, or None.
+
+    One ``_id`` lookup when the serials follow the rows (``serial_offset`` set
+    at upload); otherwise a scan of the request's pages (no index on serials:
+    it would cost an index entry per row at upload).
+    """
+    rid = request["_id"]
+    match = {"rows": {"$elemMatch": {"serial": serial}}}
+    offset = request.get("serial_offset")
+    if offset is not None:
+        row = serial - offset
+        if not 0 <= row < request["product_count"]:
+            return None
+        page_rows = request.get("page_rows") or MAX_PAGE_ROWS
+        query: dict[str, Any] = {"_id": page_id(rid, row - row % page_rows)}
+    else:
+        query = {"_id": id_range(rid), "rows.serial": serial}
+    page = await store.product_pages.find_one(query, match)
+    rows = (page or {}).get("rows") or []
+    return rows[0] if rows else None

@@ -1,0 +1,94 @@
+"""Product pages read back from the real MongoDB API: order, outputs, lookups."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from shared.events import now_utc
+from shared.mongo import Store, make_client, new_request_doc, position_id
+from shared.products import PageBuilder, find_product, iter_products
+from shared.settings import CommonSettings
+
+pytestmark = pytest.mark.stack
+
+
+@pytest.fixture
+async def store(stack_env: dict[str, str]) -> AsyncIterator[Store]:
+    settings = CommonSettings(mongo_uri=stack_env["IMGPIPE_MONGO_URI"],
+                              mongo_db=f"prod{uuid.uuid4().hex[:8]}")
+    client = make_client(settings)
+    st = Store.from_client(client, settings)
+    await st.ensure_indexes()
+    yield st
+    await client.drop_database(settings.mongo_db)
+    await client.close()
+
+
+async def stored_request(store: Store, serials: list[int], page_rows: int) -> dict[str, Any]:
+    """A request whose product ``i`` has serial ``serials[i]`` and i % 3 + 1 URLs."""
+    rid = str(uuid.uuid4())
+    pages, docs = PageBuilder(rid, page_rows), []
+    for i, serial in enumerate(serials):
+        urls = [f"http://in/{serial}/{k}.jpg" for k in range(i % 3 + 1)]
+        if (doc := pages.add(serial, f"Product {serial}", i + 2, urls)) is not None:
+            docs.append(doc)
+    if (last := pages.flush()) is not None:
+        docs.append(last)
+    await store.product_pages.insert_many(docs)
+    request = new_request_doc(rid, product_count=len(serials), image_count=0, webhook_url=None,
+                              created_at=now_utc(), filename=None, accepted=True,
+                              page_rows=page_rows, serial_offset=pages.serial_offset)
+    await store.requests.insert_one(request)
+    return request
+
+
+async def record(store: Store, rid: str, serial: int, position: int, ok: bool) -> None:
+    await store.images.insert_one({
+        "_id": position_id(rid, serial, position), "request_id": rid, "serial": serial,
+        "position": position, "status": "succeeded" if ok else "failed",
+        "output_url": f"http://out/{serial}/{position}.jpg" if ok else None})
+
+
+async def test_products_come_back_in_input_order_with_their_recorded_outputs(
+        store: Store) -> None:
+    serials = [7, 3, 11, 1, 5, 2, 9]  # not sorted: order is the file's
+    request = await stored_request(store, serials, page_rows=3)
+    rid = request["_id"]
+    await record(store, rid, 3, 0, ok=True)
+    await record(store, rid, 3, 1, ok=False)
+    await record(store, rid, 9, 0, ok=True)
+    products = [p async for p in iter_products(store, request)]
+    assert [p.serial for p in products] == serials
+    assert [p.row for p in products] == list(range(len(serials)))
+    assert products[1].input_urls == ["http://in/3/0.jpg", "http://in/3/1.jpg"]
+    assert products[1].output_urls == ["http://out/3/0.jpg", None]
+    assert products[6].output_urls == ["http://out/9/0.jpg"]
+    assert products[0].output_urls == [None]
+
+
+@pytest.mark.parametrize(("start", "limit"), [(0, 2), (2, 3), (3, 3), (5, 10), (7, 5), (1, 1)])
+async def test_a_window_of_products_crosses_page_boundaries(
+        store: Store, start: int, limit: int) -> None:
+    serials = list(range(100, 107))
+    request = await stored_request(store, serials, page_rows=3)
+    window = [p.serial async for p in iter_products(store, request, start=start, limit=limit)]
+    assert window == serials[start:start + limit]
+
+
+async def test_a_product_is_found_by_serial_whether_or_not_serials_follow_rows(
+        store: Store) -> None:
+    linear = await stored_request(store, list(range(1001, 1011)), page_rows=4)
+    shuffled = await stored_request(store, [5, 1, 9, 3, 7, 2], page_rows=4)
+    assert linear["serial_offset"] == 1001 and shuffled["serial_offset"] is None
+    for request, serial in [(linear, 1001), (linear, 1006), (linear, 1010),
+                            (shuffled, 5), (shuffled, 7), (shuffled, 2)]:
+        found = await find_product(store, request, serial)
+        assert found is not None and found["serial"] == serial
+        assert found["input_urls"][0] == f"http://in/{serial}/0.jpg"
+    for request, serial in [(linear, 1000), (linear, 1011), (linear, 1),
+                            (shuffled, 4), (shuffled, 10)]:
+        assert await find_product(store, request, serial) is None
