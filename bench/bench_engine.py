@@ -5,8 +5,15 @@ On the same generated images in the same run it measures:
 * bare Pillow: ``Image.open`` + ``save`` at the engine's output quality with the
   same encoder settings (``optimize=True``, progressive kept), one process;
 * the engine's ``compress`` in one process (target >= 0.95 x bare Pillow);
-* ``EnginePool`` on all cores (target >= 1.8 x the single process on 2 cores);
-* the peak RSS of each pool worker (``VmHWM`` from /proc, and psutil samples).
+* ``EnginePool`` on all cores (target >= 1.8 x the single process on 2 cores),
+  with its workers' utilisation (their CPU time / (workers x wall time)) and
+  how much CPU an image costs a worker next to one in a lone process;
+* the machine ceiling: the bare Pillow loop in one process per core at once
+  against one process alone; no pool can scale better on this machine;
+* the peak RSS of each pool worker (``VmHWM`` from /proc).
+
+Every round runs all four in a rotated order, so drift on the machine hits them
+alike; figures are medians over the rounds.
 
 Usage: ``.venv/bin/python bench/bench_engine.py [--images N] [--rounds R] [--mp M]``
 """
@@ -20,7 +27,6 @@ import multiprocessing
 import os
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -79,42 +85,37 @@ def vm_hwm_mb(pid: int) -> float | None:
     return None
 
 
+def cpu_of(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        times = psutil.Process(pid).cpu_times()
+        total += times.user + times.system
+    return total
+
+
 class PoolRunner:
     """An EnginePool on its own event loop, timed one round at a time."""
 
     def __init__(self, workers: int) -> None:
         self.loop = asyncio.new_event_loop()
         self.pool = EnginePool(workers=workers)
-        self.peaks: dict[int, float] = {}
-        self._stop = threading.Event()
-        self._sampler = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            for pid in self.pool.worker_pids():
-                try:
-                    rss = psutil.Process(pid).memory_info().rss / 2**20
-                except psutil.Error:
-                    continue
-                self.peaks[pid] = max(self.peaks.get(pid, 0.0), rss)
-            self._stop.wait(0.01)
+        self.worker_cpu: list[float] = []  # per round, summed over the workers
 
     def run(self, images: list[bytes]) -> None:
         async def batch() -> None:
             await asyncio.gather(*(self.pool.compress(d) for d in images))
 
-        if not self._sampler.is_alive():
-            self._sampler.start()
+        pids = self.pool.worker_pids()
+        before = cpu_of(pids)
         self.loop.run_until_complete(batch())
+        self.worker_cpu.append(cpu_of(pids) - before)
 
-    def close(self) -> dict[int, float]:
-        self._stop.set()
-        if self._sampler.is_alive():
-            self._sampler.join()
+    def close(self) -> dict[int, float | None]:
+        """Close the pool; the peak RSS (MiB) of each worker."""
         hwm = {pid: vm_hwm_mb(pid) for pid in self.pool.worker_pids()}
         self.loop.run_until_complete(self.pool.close())
         self.loop.close()
-        return {pid: max(self.peaks.get(pid, 0.0), hwm.get(pid) or 0.0) for pid in hwm}
+        return hwm
 
 
 def _bare_loop(pairs: list[tuple[bytes, int]]) -> None:
@@ -122,21 +123,14 @@ def _bare_loop(pairs: list[tuple[bytes, int]]) -> None:
         bare_pillow(data, quality)
 
 
-def machine_ceiling(pairs: list[tuple[bytes, int]], procs: int, rounds: int) -> float:
-    """How much faster ``procs`` independent processes finish ``procs`` times the
-    work than one process does it once: the most any pool can reach here."""
+def bare_in_parallel(pairs: list[tuple[bytes, int]], procs: int) -> None:
+    """The bare loop in ``procs`` independent processes at once (each does it all)."""
     ctx = multiprocessing.get_context("fork")
-    ratios = []
-    for _ in range(rounds):
-        one = timed(lambda: _bare_loop(pairs))
-        start = time.perf_counter()
-        children = [ctx.Process(target=_bare_loop, args=(pairs,)) for _ in range(procs)]
-        for child in children:
-            child.start()
-        for child in children:
-            child.join()
-        ratios.append(procs * one / (time.perf_counter() - start))
-    return statistics.median(ratios)
+    children = [ctx.Process(target=_bare_loop, args=(pairs,)) for _ in range(procs)]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join()
 
 
 def cpu_timed(fn: object) -> float:
@@ -147,8 +141,8 @@ def cpu_timed(fn: object) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--images", type=int, default=24)
+    parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--mp", type=float, default=3.0, help="megapixels per image")
     parser.add_argument("--memory-mp", type=float, default=12.0)
     args = parser.parse_args()
@@ -165,41 +159,51 @@ def main() -> None:
     pairs = list(zip(images, qualities, strict=True))
     pool = PoolRunner(cores)
     pool.run(images[:cores])  # warm up the workers
+    pool.worker_cpu.clear()
     contenders = {
-        "bare": lambda: [bare_pillow(d, q) for d, q in pairs],
+        "bare": lambda: _bare_loop(pairs),
         "engine": lambda: [compress(d) for d in images],
         "pool": lambda: pool.run(images),
+        "parallel": lambda: bare_in_parallel(pairs, cores),
     }
     wall: dict[str, list[float]] = {name: [] for name in contenders}
     cpu: dict[str, list[float]] = {"bare": [], "engine": []}
     names = list(contenders)
-    for index in range(args.rounds):  # every round runs all three, in a rotated order
-        for name in names[index % 3:] + names[:index % 3]:
+    for index in range(args.rounds):
+        k = index % len(names)
+        for name in names[k:] + names[:k]:
             wall[name].append(timed(contenders[name]))
             if name in cpu:
                 cpu[name].append(cpu_timed(contenders[name]))
     pool.close()
-    best = {name: min(times) for name, times in wall.items()}
     med = {name: statistics.median(times) for name, times in wall.items()}
+    best = {name: min(times) for name, times in wall.items()}
 
     def line(name: str, seconds: float) -> str:
         return (f"  {name:<30} {len(images) / seconds:6.2f} images/s  "
-                f"{mp_total / seconds:6.1f} MP/s  ({seconds:.2f} s/round, median of "
-                f"{args.rounds})")
+                f"{mp_total / seconds:6.1f} MP/s  ({seconds:.2f} s/round)")
 
+    out(f"medians of {args.rounds} rounds")
     out(line("bare Pillow open+save", med["bare"]))
     out(line("engine compress, 1 process", med["engine"]))
     out(line(f"EnginePool, {cores} workers", med["pool"]))
     cpu_ratio = statistics.median(cpu["bare"]) / statistics.median(cpu["engine"])
-    out(f"  engine / bare Pillow          {med['bare'] / med['engine']:.3f} wall (medians), "
+    out(f"  engine / bare Pillow          {med['bare'] / med['engine']:.3f} wall, "
         f"{best['bare'] / best['engine']:.3f} (bests), {cpu_ratio:.3f} CPU time "
         "(target >= 0.95)")
-    out(f"  pool / single process         {med['engine'] / med['pool']:.3f} (medians), "
+    speedup = med["engine"] / med["pool"]
+    out(f"  pool / single process         {speedup:.3f}, "
         f"{best['engine'] / best['pool']:.3f} (bests)  (target >= 1.8 on 2 cores)")
-    ceiling = machine_ceiling(pairs, cores, 3)
+    ceiling = cores * med["bare"] / med["parallel"]
     out(f"  machine ceiling               {ceiling:.3f}  ({cores} independent processes of "
         "bare Pillow vs one)")
-    out(f"  pool / ceiling                {med['engine'] / med['pool'] / ceiling:.3f}")
+    out(f"  pool / ceiling                {speedup / ceiling:.3f}")
+    busy = statistics.median(c / (cores * w) for c, w in zip(pool.worker_cpu, wall["pool"],
+                                                            strict=True))
+    inflation = statistics.median(pool.worker_cpu) / statistics.median(cpu["engine"])
+    out(f"  pool workers busy             {busy:.3f} of their wall time")
+    out(f"  CPU per image, pool / alone   {inflation:.3f}  (> 1: {cores} busy processes "
+        "slow each other down on this machine)")
     out(f"  load average {os.getloadavg()[0]:.2f}")
 
     big = make_images(max(cores * 2, 2), args.memory_mp)
@@ -209,7 +213,7 @@ def main() -> None:
     out(f"{len(big)} JPEGs of {args.memory_mp:g} MP through the pool: "
         f"{len(big) / big_time:.2f} images/s")
     for pid, peak in sorted(peaks.items()):
-        out(f"  worker {pid}: peak RSS {peak:.0f} MiB")
+        out(f"  worker {pid}: peak RSS " + (f"{peak:.0f} MiB" if peak else "n/a (no /proc)"))
 
 
 if __name__ == "__main__":
