@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from shared.errors import PermanentError
 from shared.mongo import Store, position_id
 
 MAX_PAGE_ROWS = 100
@@ -106,7 +107,8 @@ async def iter_products(store: Store, request: dict[str, Any], *, start: int = 0
     output URLs as far as recorded. ``request`` is its ``requests`` document.
 
     Pages are read one at a time by computed id (no sort, no scan), so memory
-    stays flat at any size.
+    stays flat at any size. A missing page raises ``PermanentError``
+    (``product_rows_missing``) rather than yield fewer products.
     """
     rid, count = request["_id"], request["product_count"]
     page_rows = request.get("page_rows") or MAX_PAGE_ROWS
@@ -114,8 +116,11 @@ async def iter_products(store: Store, request: dict[str, Any], *, start: int = 0
     first = start - start % page_rows
     for page_start in range(first, end, page_rows):
         page = await store.product_pages.find_one({"_id": page_id(rid, page_start)})
-        if page is None:  # withdrawn meanwhile, or removed by an operator
-            return
+        if page is None:  # never silently short: a CSV missing rows would look complete
+            raise PermanentError(
+                f"request {rid}: rows {page_start}.. are missing from MongoDB (product page "
+                f"{page_id(rid, page_start)!r}); was the request withdrawn, or the database "
+                "restored without its product pages?", code="product_rows_missing")
         skip = max(0, start - page_start)
         rows = page["rows"][skip:end - page_start]
         outputs = await _outputs(store, rid, rows)

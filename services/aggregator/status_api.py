@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel
 
 from services.aggregator.settings import Settings
+from shared.errors import PermanentError
 from shared.logs import setup_logging
 from shared.mongo import TERMINAL_STATUSES, Store, make_client, mongo_health
 from shared.outputcsv import iter_output_csv
@@ -153,8 +154,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Product rows in input order, with output URLs as far as processed."""
         doc = await load(request, request_id)
         products = iter_products(request.app.state.store, doc, start=offset, limit=limit)
-        return [ProductOut(serial=p.serial, name=p.name, input_urls=p.input_urls,
-                           output_urls=p.output_urls) async for p in products]
+        try:
+            return [ProductOut(serial=p.serial, name=p.name, input_urls=p.input_urls,
+                               output_urls=p.output_urls) async for p in products]
+        except PermanentError as exc:
+            log.error("products of %s: %s", request_id, exc.message)
+            raise HTTPException(500, detail={"code": exc.code, "message": exc.message}) \
+                from exc
 
     @app.get("/api/v1/requests/{request_id}/output.csv", tags=["requests"],
              response_class=StreamingResponse,

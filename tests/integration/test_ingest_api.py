@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+from pymongo import MongoClient
 
 from tests.conftest import HttpServer, Pipeline
 from tests.imagecorpus import encode, photo
@@ -122,3 +123,30 @@ def test_the_upload_page_and_cors(pipeline: Pipeline) -> None:
     resp = httpx.get(f"{pipeline.status_url}/api/v1/requests/x",
                      headers={"Origin": "http://127.0.0.1:1"})
     assert resp.headers.get("access-control-allow-origin") == "*"
+
+
+def test_products_are_paged_in_input_order_across_page_boundaries(pipeline: Pipeline) -> None:
+    rows = "".join(f"{i},P{i},https://img.example/{i}.jpg\n" for i in range(1, 201))
+    resp = upload(pipeline, "S. No.,Product Name,Input Image Urls\n" + rows)
+    assert resp.status_code == 202, resp.text
+    rid = resp.json()["request_id"]
+    url = f"{pipeline.status_url}/api/v1/requests/{rid}/products"
+    for offset, limit, expected in [(0, 3, [1, 2, 3]), (70, 20, list(range(71, 91))),
+                                    (150, 100, list(range(151, 201))), (200, 5, [])]:
+        got = httpx.get(url, params={"offset": offset, "limit": limit}).json()
+        assert [p["serial"] for p in got] == expected
+    row = httpx.get(url, params={"offset": 79, "limit": 1}).json()[0]
+    assert (row["serial"], row["name"], row["input_urls"], len(row["output_urls"])) == (
+        80, "P80", ["https://img.example/80.jpg"], 1)
+
+    # A product page lost from the database is an error, never a shorter list.
+    client: MongoClient[dict[str, Any]]
+    with MongoClient(pipeline.env["IMGPIPE_MONGO_URI"]) as client:
+        db = client[pipeline.env.get("IMGPIPE_MONGO_DB", "imgpipe")]
+        request = db["requests"].find_one({"_id": rid})
+        assert request is not None and request["serial_offset"] == 1
+        pages = db["product_pages"]
+        assert pages.delete_one({"_id": f"{rid}:{request['page_rows']:07d}"}).deleted_count == 1
+    broken = httpx.get(url, params={"offset": 0, "limit": 1000})
+    assert broken.status_code == 500
+    assert broken.json()["detail"]["code"] == "product_rows_missing"

@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
+from shared.errors import PermanentError
 from shared.events import now_utc
 from shared.mongo import Store, make_client, new_request_doc, position_id
-from shared.products import PageBuilder, find_product, iter_products
+from shared.products import PageBuilder, find_product, iter_products, page_id
 from shared.settings import CommonSettings
 
 pytestmark = pytest.mark.stack
@@ -92,3 +93,14 @@ async def test_a_product_is_found_by_serial_whether_or_not_serials_follow_rows(
     for request, serial in [(linear, 1000), (linear, 1011), (linear, 1),
                             (shuffled, 4), (shuffled, 10)]:
         assert await find_product(store, request, serial) is None
+
+
+async def test_a_missing_page_is_an_error_not_a_shorter_list(store: Store) -> None:
+    request = await stored_request(store, list(range(1, 8)), page_rows=3)
+    await store.product_pages.delete_one({"_id": page_id(request["_id"], 3)})
+    seen: list[int] = []
+    with pytest.raises(PermanentError) as err:
+        async for product in iter_products(store, request):
+            seen.append(product.serial)
+    assert err.value.code == "product_rows_missing"
+    assert seen == [1, 2, 3]
