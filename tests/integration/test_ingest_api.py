@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 from pymongo import MongoClient
+from pymongo.database import Database
 
 from tests.conftest import HttpServer, Pipeline
 from tests.imagecorpus import encode, photo
@@ -142,7 +143,7 @@ def test_products_are_paged_in_input_order_across_page_boundaries(pipeline: Pipe
     # A product page lost from the database is an error, never a shorter list.
     client: MongoClient[dict[str, Any]]
     with MongoClient(pipeline.env["IMGPIPE_MONGO_URI"]) as client:
-        db = client[pipeline.env.get("IMGPIPE_MONGO_DB", "imgpipe")]
+        db: Database[dict[str, Any]] = client[pipeline.env.get("IMGPIPE_MONGO_DB", "imgpipe")]
         request = db["requests"].find_one({"_id": rid})
         assert request is not None and request["serial_offset"] == 1
         pages = db["product_pages"]
