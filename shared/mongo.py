@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from pymongo import ASCENDING, AsyncMongoClient
@@ -86,6 +86,16 @@ def new_request_doc(request_id: str, *, product_count: int, image_count: int,
         "started_at": None, "completed_at": None, "output_csv_url": None,
         "completion_published": False, **extra,
     }
+
+
+async def db_now(store: Store) -> datetime:
+    """The database server's clock (``localTime`` of ``hello``), in UTC.
+
+    Leases are set and checked against this one clock, so hosts whose clocks
+    disagree never take over a live lease.
+    """
+    now: datetime = (await store.db.client.admin.command("hello"))["localTime"]
+    return now if now.tzinfo else now.replace(tzinfo=UTC)
 
 
 def position_id(request_id: str, serial: int, position: int) -> str:

@@ -30,7 +30,13 @@ from pymongo.errors import DuplicateKeyError
 from shared.errors import TransientError
 from shared.events import ImageDone, RequestCompleted, RequestCreated, now_utc
 from shared.logs import request_id_var
-from shared.mongo import TERMINAL_STATUSES, Store, new_request_doc, position_id
+from shared.mongo import (
+    TERMINAL_STATUSES,
+    Store,
+    db_now,
+    new_request_doc,
+    position_id,
+)
 
 log = logging.getLogger(__name__)
 Publish = Callable[[RequestCompleted], Awaitable[None]]
@@ -148,7 +154,8 @@ async def maybe_complete(store: Store, request: dict[str, Any], publish: Publish
         # flag, and that event runs this check again. Withdrawn: ingest told the
         # client it failed, so it must never complete or notify.
         return
-    rid, now = request["_id"], now_utc()
+    rid = request["_id"]
+    now = await db_now(store)  # one clock for every host's leases
     lease = {"publish_lease_until": now + timedelta(seconds=lease_seconds)}
     if request["status"] not in TERMINAL_STATUSES:
         status = terminal_status(succeeded, failed)

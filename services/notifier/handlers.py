@@ -6,10 +6,11 @@ notifies twice. Every notification carries an ``Idempotency-Key`` header so a
 receiver can drop the rare duplicate (a crash between sending and recording).
 
 Delivery is claimed in MongoDB before anything is sent: one notifier at a time
-holds a lease (``webhook.lease_until`` / ``webhook.lease_owner``) covering one
-attempt plus its backoff, renewed after every failed attempt and cleared when
-delivery ends. ``webhook.attempts`` counts every attempt ever made, so
-``webhook_max_attempts`` holds across restarts. A duplicate event that finds
+holds a lease (``webhook.lease_until`` / ``webhook.lease_owner``, on the
+database's clock) covering one attempt plus its backoff, renewed as each
+attempt starts and cleared when delivery ends. ``webhook.attempts`` counts
+every attempt ever started (before its POST, so a kill during one still counts),
+so ``webhook_max_attempts`` holds across restarts. A duplicate event that finds
 the delivery finished returns; one that finds a live lease held elsewhere
 raises TransientError, so the consumer retries it later and, should the
 holder have crashed, takes over once the lease has expired.
@@ -35,14 +36,14 @@ from shared import signing
 from shared.errors import ImgpipeError, TransientError
 from shared.events import RequestCompleted, now_utc
 from shared.logs import request_id_var
-from shared.mongo import TERMINAL_STATUSES, Store
+from shared.mongo import TERMINAL_STATUSES, Store, db_now
 from shared.outputcsv import write_output_csv
 from shared.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 PERMANENT_HTTP = range(400, 500)
 RETRYABLE_4XX = {408, 425, 429}
-# Added to the lease for the MongoDB writes around an attempt and clock skew.
+# Added to the lease for the MongoDB writes around an attempt.
 LEASE_SLACK_SECONDS = 5.0
 FINISHED = ("delivered", "failed")
 
@@ -120,7 +121,7 @@ async def claim(deps: Deps, rid: str, owner: str) -> dict[str, Any] | None:
 
     None and return: the delivery is finished (or there is none). TransientError:
     another delivery holds a live lease (retry later; it may have died)."""
-    now = now_utc()
+    now = await db_now(deps.store)  # one clock for every host's leases
     lease = timedelta(seconds=lease_seconds(deps.settings))
     doc: dict[str, Any] | None = await deps.store.requests.find_one_and_update(
         {"_id": rid, "webhook.status": "pending",
@@ -154,6 +155,14 @@ async def deliver(deps: Deps, url: str, body_obj: dict[str, Any]) -> None:
         return
     body = json.dumps(body_obj).encode()
     for attempt in range(done + 1, s.webhook_max_attempts + 1):
+        # Counted before it is made (a kill during the POST still uses it up),
+        # with the lease renewed to cover it and the backoff after it.
+        renewed = await db_now(deps.store) + timedelta(seconds=lease_seconds(s))
+        started = await requests.update_one(mine, {"$set": {"webhook.lease_until": renewed},
+                                                   "$inc": {"webhook.attempts": 1}})
+        if started.matched_count == 0:
+            log.warning("webhook lease to %s lost to another notifier; stopping", url)
+            return
         headers = {"Content-Type": "application/json", "X-Imgpipe-Event": "request.completed",
                    "Idempotency-Key": body_obj["notification_id"]}
         if s.webhook_secret:
@@ -162,21 +171,14 @@ async def deliver(deps: Deps, url: str, body_obj: dict[str, Any]) -> None:
         if error is None:
             await requests.update_one({"_id": rid}, {
                 "$set": {"webhook.status": "delivered", "webhook.delivered_at": now_utc(),
-                         "webhook.last_error": None, **release},
-                "$inc": {"webhook.attempts": 1}})
+                         "webhook.last_error": None, **release}})
             log.info("webhook delivered to %s (attempt %s)", url, attempt)
             return
         final = permanent or attempt >= s.webhook_max_attempts
-        renewed = now_utc() + timedelta(seconds=lease_seconds(s))
-        result = await requests.update_one(mine, {
-            "$set": {"webhook.last_error": error,
-                     **({"webhook.status": "failed", **release} if final
-                        else {"webhook.lease_until": renewed})},
-            "$inc": {"webhook.attempts": 1}})
+        await requests.update_one(mine, {"$set": {
+            "webhook.last_error": error,
+            **({"webhook.status": "failed", **release} if final else {})}})
         log.warning("webhook attempt %s to %s failed: %s", attempt, url, error)
-        if result.matched_count == 0:
-            log.warning("webhook lease to %s lost to another notifier; stopping", url)
-            return
         if final:
             return
         await asyncio.sleep(backoff_seconds(s, attempt))

@@ -13,7 +13,7 @@ import pytest
 from services.aggregator.handlers import record_image_done, record_request_created
 from shared.errors import TransientError
 from shared.events import ImageDone, RequestCompleted, RequestCreated, now_utc
-from shared.mongo import Store, make_client, new_request_doc, position_id
+from shared.mongo import Store, db_now, make_client, new_request_doc, position_id
 from shared.products import PageBuilder, iter_products
 from shared.settings import CommonSettings
 
@@ -149,6 +149,23 @@ async def test_an_expired_lease_is_taken_over(store: Store) -> None:
         "publish_lease_until": now_utc() - timedelta(seconds=1)}})
     await record_image_done(store, done(rid, 0), published)
     assert [p.status for p in published] == ["COMPLETED"]
+
+
+async def test_the_publication_lease_follows_the_database_clock(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An aggregator whose clock runs an hour ahead must not take over a live lease."""
+    rid, published = await new_request(store, images=1), Published()
+    await store.images.insert_one({"_id": position_id(rid, 1, 0), "request_id": rid,
+                                   "serial": 1, "position": 0, "status": "succeeded"})
+    now = await db_now(store)
+    await store.requests.update_one({"_id": rid}, {"$set": {
+        "status": "COMPLETED", "succeeded": 1, "completed_at": now,
+        "publish_lease_until": now + timedelta(seconds=60)}})
+    fast = now_utc() + timedelta(hours=1)
+    monkeypatch.setattr("services.aggregator.handlers.now_utc", lambda: fast)
+    with pytest.raises(TransientError):
+        await record_image_done(store, done(rid, 0), published)
+    assert published == []
 
 
 async def test_images_recorded_before_the_request_exists_are_counted(store: Store) -> None:

@@ -22,7 +22,7 @@ from services.notifier.settings import Settings
 from shared import signing
 from shared.errors import TransientError
 from shared.events import RequestCompleted, now_utc
-from shared.mongo import Store, make_client, position_id
+from shared.mongo import Store, db_now, make_client, position_id
 from shared.netguard import NetPolicy, guarded_session
 from shared.products import PageBuilder
 from shared.storage import ObjectStore
@@ -176,6 +176,35 @@ async def test_a_live_lease_defers_and_an_expired_one_is_taken_over(env: Env) ->
     assert len(env.server.received) == 1
     hook = await env.hook(ev)
     assert (hook["status"], hook["attempts"]) == ("delivered", 2)
+
+
+async def test_an_attempt_killed_during_its_post_is_still_counted(env: Env) -> None:
+    ev = await env.request()
+    env.server.delays["hook"] = 2.0
+    task = asyncio.ensure_future(on_request_completed(env.deps, ev))
+    for _ in range(200):  # until the POST has reached the receiver
+        if env.server.received:
+            break
+        await asyncio.sleep(0.01)
+    task.cancel()  # the notifier is killed mid-POST
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    hook = await env.hook(ev)
+    assert (hook["status"], hook["attempts"]) == ("pending", 1)
+
+
+async def test_leases_follow_the_database_clock_not_the_hosts(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A notifier whose clock runs an hour ahead must not take over a live lease."""
+    ev = await env.request()
+    await env.store.requests.update_one({"_id": ev.request_id}, {"$set": {
+        "webhook.lease_owner": "alive",
+        "webhook.lease_until": await db_now(env.store) + timedelta(seconds=60)}})
+    fast = now_utc() + timedelta(hours=1)
+    monkeypatch.setattr("services.notifier.handlers.now_utc", lambda: fast)
+    with pytest.raises(TransientError):
+        await on_request_completed(env.deps, ev)
+    assert env.server.received == []
 
 
 async def test_the_signature_verifies_over_the_raw_body(env: Env) -> None:
