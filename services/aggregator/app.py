@@ -17,7 +17,11 @@ from typing import Any
 import faust
 from pymongo import AsyncMongoClient
 
-from services.aggregator.handlers import record_image_done, record_request_created
+from services.aggregator.handlers import (
+    note_dead_letter,
+    record_image_done,
+    record_request_created,
+)
 from services.aggregator.settings import Settings
 from shared.errors import InvalidInputError, PermanentError
 from shared.events import AnyEvent, ImageDone, RequestCompleted, RequestCreated, decode
@@ -83,13 +87,17 @@ def create_app(s: Settings) -> faust.App:
     @app.agent(inbound)
     async def on_request_events(stream: faust.StreamT[bytes]) -> None:
         async for message in stream.events():
-            raw = message.value
+            raw, event = message.value, None
             try:
-                await with_retries(partial(handle, decode(raw)))
+                event = decode(raw)
+                await with_retries(partial(handle, event))
             except Exception as exc:  # invalid event, or a bug retried to its limit
                 log.warning("dead-lettering a message: %r", exc)
                 source = f"aggregator:{message.message.topic}"
                 await with_retries(partial(dead_letter, raw, source, exc), park=False)
+                if event is not None:
+                    await with_retries(partial(note_dead_letter, store(), event, exc),
+                                       park=False)
 
     @app.page("/health")
     async def health(web: Any, request: Any) -> Any:

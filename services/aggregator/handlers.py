@@ -27,8 +27,8 @@ from typing import Any
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
-from shared.errors import TransientError
-from shared.events import ImageDone, RequestCompleted, RequestCreated, now_utc
+from shared.errors import ImgpipeError, TransientError
+from shared.events import AnyEvent, ImageDone, RequestCompleted, RequestCreated, now_utc
 from shared.logs import request_id_var
 from shared.mongo import (
     TERMINAL_STATUSES,
@@ -81,8 +81,8 @@ async def record_image_done(store: Store, ev: ImageDone, publish: Publish) -> No
         first = True
     except DuplicateKeyError:
         first = False
-        # The first result recorded for a position wins: it is the product's
-        # output URL there (shared/products.py reads outputs from ``images``).
+        # The first result recorded for a position wins (it is what
+        # shared/products.py reads as the output); is it counted yet?
         doc = await store.images.find_one({"_id": doc["_id"]}) or doc
     if first:
         field = "succeeded" if ev.status == "succeeded" else "failed"
@@ -188,3 +188,20 @@ async def maybe_complete(store: Store, request: dict[str, Any], publish: Publish
         raise
     await store.requests.update_one({"_id": rid}, {"$set": {"completion_published": True},
                                                    "$unset": {"publish_lease_until": ""}})
+
+
+DEAD_LETTERS_KEPT = 20
+
+
+async def note_dead_letter(store: Store, ev: AnyEvent, error: Exception) -> None:
+    """Mark the request of an event that was dead-lettered (an invalid event, or
+    a bug retried to its limit): until it is replayed the request may never
+    finish, and the status API shows why. Idempotent for a redelivered message
+    (the last ``DEAD_LETTERS_KEPT`` event ids are kept)."""
+    text = str(error) if isinstance(error, ImgpipeError) else repr(error)  # code: message
+    entry = {"event_id": ev.event_id, "event_type": ev.event_type, "error": text[:500],
+             "at": now_utc()}
+    await store.requests.update_one(
+        {"_id": ev.request_id, "dead_letters.event_id": {"$ne": ev.event_id}},
+        {"$push": {"dead_letters": {"$each": [entry], "$slice": -DEAD_LETTERS_KEPT}},
+         "$inc": {"dead_letter_count": 1}})

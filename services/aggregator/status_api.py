@@ -57,6 +57,13 @@ class Webhook(BaseModel):
     delivered_at: datetime | None = None
 
 
+class DeadLetter(BaseModel):
+    event_id: str
+    event_type: str
+    error: str
+    at: datetime
+
+
 class RequestStatus(BaseModel):
     request_id: str
     status: str
@@ -74,6 +81,10 @@ class RequestStatus(BaseModel):
     failures: list[Failure]
     failure_count: int
     webhook: Webhook
+    # Events of this request the aggregator could not record (on the dead-letter
+    # topic): the request may not finish until they are replayed.
+    dead_letter_count: int = 0
+    dead_letters: list[DeadLetter] = []
 
 
 class ProductOut(BaseModel):
@@ -144,7 +155,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             webhook=Webhook(url=mask_url(doc.get("webhook_url")), status=hook.get("status", "none"),
                             attempts=hook.get("attempts", 0),
                             last_error=hook.get("last_error"),
-                            delivered_at=hook.get("delivered_at")))
+                            delivered_at=hook.get("delivered_at")),
+            dead_letter_count=doc.get("dead_letter_count", 0),
+            dead_letters=[DeadLetter(**d) for d in doc.get("dead_letters") or []])
 
     @app.get("/api/v1/requests/{request_id}/products", response_model=list[ProductOut],
              tags=["requests"])

@@ -7,9 +7,11 @@ import json
 import uuid
 from typing import Any
 
+import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from shared.events import ImageRequested
 from shared.topics import Topic
 from tests.conftest import Pipeline
 
@@ -47,3 +49,36 @@ async def test_a_bad_image_done_is_dead_lettered_in_the_shared_envelope(
     assert found["source"] == f"aggregator:{Topic.IMAGE_DONE.full(prefix)}"
     assert found["value"] == bad.decode()
     assert "not a valid imgpipe event" in found["error"]
+
+
+async def test_a_dead_lettered_event_marks_its_request_in_the_status_api(
+        pipeline: Pipeline) -> None:
+    """An event the aggregator cannot record shows on its request, once per event."""
+    prefix, bootstrap = pipeline.env["IMGPIPE_TOPIC_PREFIX"], pipeline.env[
+        "IMGPIPE_KAFKA_BOOTSTRAP"]
+    async with httpx.AsyncClient(timeout=30) as http:
+        resp = await http.post(f"{pipeline.ingest_url}/api/v1/requests", files={"file": (
+            "p.csv", "S. No.,Product Name,Input Image Urls\n1,A,https://img.example/a.jpg\n",
+            "text/csv")})
+        assert resp.status_code == 202, resp.text
+        rid = resp.json()["request_id"]
+        # A valid event on the wrong topic: the aggregator refuses it (unexpected_event).
+        wrong = [ImageRequested(request_id=rid, image_id=str(uuid.uuid4()), serial=1,
+                                product_name="A", position=0, url=f"https://x.example/{i}")
+                 for i in range(2)]
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        await producer.start()
+        try:
+            for ev in (wrong[0], wrong[0], wrong[1]):  # the first one delivered twice
+                await producer.send_and_wait(Topic.IMAGE_DONE.full(prefix), ev.encode(),
+                                             key=rid.encode())
+        finally:
+            await producer.stop()
+        status: dict[str, Any] = {}
+        async with asyncio.timeout(90):
+            while status.get("dead_letter_count", 0) < 2:
+                await asyncio.sleep(0.3)
+                status = (await http.get(f"{pipeline.status_url}/api/v1/requests/{rid}")).json()
+    assert status["dead_letter_count"] == 2
+    assert [d["event_id"] for d in status["dead_letters"]] == [e.event_id for e in wrong]
+    assert all("unexpected_event" in d["error"] for d in status["dead_letters"])

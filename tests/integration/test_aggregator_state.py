@@ -10,7 +10,12 @@ from typing import Any
 
 import pytest
 
-from services.aggregator.handlers import record_image_done, record_request_created
+from services.aggregator.handlers import (
+    DEAD_LETTERS_KEPT,
+    note_dead_letter,
+    record_image_done,
+    record_request_created,
+)
 from shared.errors import TransientError
 from shared.events import ImageDone, RequestCompleted, RequestCreated, now_utc
 from shared.mongo import Store, db_now, make_client, new_request_doc, position_id
@@ -250,3 +255,22 @@ async def test_after_a_recreate_duplicates_do_not_recount(
     assert recounts == []
     req = await store.requests.find_one({"_id": rid})
     assert req is not None and req["succeeded"] == 1
+
+
+async def test_a_dead_letter_is_noted_once_per_event_and_the_list_is_bounded(
+        store: Store) -> None:
+    rid = await new_request(store, images=1)
+    first = done(rid, 0)
+    await note_dead_letter(store, first, ValueError("bug"))
+    await note_dead_letter(store, first, ValueError("bug"))  # a redelivery
+    req = await store.requests.find_one({"_id": rid})
+    assert req is not None and req["dead_letter_count"] == 1
+    assert req["dead_letters"][0]["event_id"] == first.event_id
+    assert "bug" in req["dead_letters"][0]["error"]
+    others = [done(rid, 0) for _ in range(DEAD_LETTERS_KEPT + 5)]
+    for ev in others:
+        await note_dead_letter(store, ev, ValueError("bug"))
+    req = await store.requests.find_one({"_id": rid})
+    assert req is not None and req["dead_letter_count"] == DEAD_LETTERS_KEPT + 6
+    assert [d["event_id"] for d in req["dead_letters"]] == [
+        e.event_id for e in others[-DEAD_LETTERS_KEPT:]]
