@@ -206,16 +206,25 @@ def created_event(doc: dict[str, Any]) -> RequestCreated:
         created_at=doc["created_at"], source_filename=doc.get("filename"))
 
 
-async def _withdraw(deps: Deps, request_id: str) -> bool:
-    """Withdraw an attempt the client will not get an id for; False if it had
-    already finished (then it stands: the aggregator completed it)."""
-    result = await deps.store.requests.update_one(
-        {"_id": request_id, "status": {"$nin": list(TERMINAL_STATUSES)}},
-        {"$set": {"status": "FAILED", "withdrawn": True, "accepted": False,
-                  "error": "could not enqueue the request"},
-         "$unset": {"idempotency_key": ""}})
+async def _withdraw(deps: Deps, request_id: str, *, unless_accepted: bool = False) -> bool:
+    """Withdraw an attempt the client will not get an id for.
+
+    True if it is withdrawn (now or earlier: its product pages are deleted
+    again, in case an insert landed after the first delete). False if it had
+    already finished (then it stands: the aggregator completed it), or, with
+    ``unless_accepted``, if it was accepted meanwhile.
+    """
+    query: dict[str, Any] = {"_id": request_id, "status": {"$nin": list(TERMINAL_STATUSES)}}
+    if unless_accepted:
+        query["accepted"] = {"$ne": True}
+    result = await deps.store.requests.update_one(query, {
+        "$set": {"status": "FAILED", "withdrawn": True, "accepted": False,
+                 "error": "could not enqueue the request"},
+        "$unset": {"idempotency_key": ""}})
     if not result.matched_count:
-        return False
+        doc = await deps.store.requests.find_one({"_id": request_id}, {"withdrawn": 1})
+        if not (doc or {}).get("withdrawn"):
+            return False
     await deps.store.product_pages.delete_many({"_id": id_range(request_id)})
     return True
 
@@ -234,8 +243,9 @@ async def _earlier(deps: Deps, key: str, sha: str) -> Accepted | None:
             raise IdempotencyConflict(
                 "an upload with this Idempotency-Key is still being accepted; "
                 "retry in a few seconds")
-        await _withdraw(deps, doc["_id"])  # an attempt that died half-way
-        return None
+        if await _withdraw(deps, doc["_id"], unless_accepted=True):  # it died half-way
+            return None
+        return await _earlier(deps, key, sha)  # it was accepted meanwhile after all
     # Published again (idempotent for the aggregator): the first attempt may
     # have died between accepting and publishing it, leaving no completion check.
     await deps.publisher.publish(created_event(doc))

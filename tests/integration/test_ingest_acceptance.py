@@ -1,0 +1,117 @@
+"""Acceptance of an upload (services/ingest/handlers.py) against the real
+MongoDB and Kafka APIs: races with a retry's withdraw, pages and events."""
+
+from __future__ import annotations
+
+import io
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+
+import pytest
+
+from services.ingest.handlers import Deps, _withdraw, accept_upload
+from services.ingest.settings import Settings
+from shared.errors import TransientError
+from shared.kafka import EventPublisher, ensure_topics
+from shared.mongo import Store, make_client
+from shared.products import id_range
+from shared.topics import Topic
+
+pytestmark = pytest.mark.stack
+
+
+class HookedPublisher(EventPublisher):
+    """The real publisher; ``before_images`` runs before each image-event batch."""
+
+    before_images: Callable[[], Awaitable[None]] | None = None
+    image_events = 0
+
+    async def publish_encoded(self, topic: Topic, messages: Sequence[tuple[bytes, bytes]]
+                              ) -> None:
+        if topic is Topic.IMAGE_REQUESTED:
+            if self.before_images is not None:
+                await self.before_images()
+            self.image_events += len(messages)
+        await super().publish_encoded(topic, messages)
+
+
+@pytest.fixture
+async def deps(stack_env: dict[str, str]) -> AsyncIterator[Deps]:
+    fields: dict[str, Any] = {k.removeprefix("IMGPIPE_").lower(): v
+                              for k, v in stack_env.items()}
+    fields.update(mongo_db=f"acc{uuid.uuid4().hex[:8]}",
+                  topic_prefix=f"acc{uuid.uuid4().hex[:8]}", publish_batch=100)
+    s = Settings(**fields)
+    await ensure_topics(s)
+    client = make_client(s)
+    store = Store.from_client(client, s)
+    await store.ensure_indexes()
+    publisher = HookedPublisher(s, client_id="test-acceptance")
+    await publisher.start()
+    try:
+        yield Deps(s, store, publisher)
+    finally:
+        await publisher.stop()
+        await client.drop_database(s.mongo_db)
+        await client.close()
+
+
+def csv_of(rows: int) -> io.BytesIO:
+    lines = ["S. No.,Product Name,Input Image Urls"] + [
+        f'{i},P{i},"https://img.example/{i}/a.jpg, https://img.example/{i}/b.jpg"'
+        for i in range(1, rows + 1)]
+    return io.BytesIO(("\n".join(lines) + "\n").encode())
+
+
+async def accept(deps: Deps, rows: int, key: str | None = None) -> Any:
+    return await accept_upload(deps, csv_of(rows), filename="f.csv", webhook_url=None,
+                               idempotency_key=key)
+
+
+@pytest.mark.parametrize("rows", [1, 78, 79, 80, 250])
+async def test_every_row_is_stored_in_pages_and_every_url_published(
+        deps: Deps, rows: int) -> None:
+    publisher = deps.publisher
+    assert isinstance(publisher, HookedPublisher)
+    accepted = await accept(deps, rows)
+    request = await deps.store.requests.find_one({"_id": accepted.request_id})
+    assert request is not None and request["accepted"] and request["serial_offset"] == 1
+    pages = [p async for p in deps.store.product_pages.find(
+        {"_id": id_range(accepted.request_id)}).sort("_id", 1)]
+    serials = [r["serial"] for p in pages for r in p["rows"]]
+    assert serials == list(range(1, rows + 1))
+    assert all(len(p["rows"]) == request["page_rows"] for p in pages[:-1])
+    assert publisher.image_events == 2 * rows
+
+
+async def test_an_upload_withdrawn_by_a_retry_while_being_accepted_is_not_answered_202(
+        deps: Deps) -> None:
+    """A retry (same Idempotency-Key) decided this attempt was dead and withdrew it;
+    the attempt then resumes: the client must get an error, and no pages remain."""
+    publisher = deps.publisher
+    assert isinstance(publisher, HookedPublisher)
+    seen: list[str] = []
+
+    async def withdraw_it() -> None:
+        if not seen:
+            doc = await deps.store.requests.find_one({"idempotency_key": "k1"})
+            assert doc is not None
+            seen.append(doc["_id"])
+            assert await _withdraw(deps, doc["_id"], unless_accepted=True)
+
+    publisher.before_images = withdraw_it
+    with pytest.raises(TransientError):
+        await accept(deps, 250, key="k1")
+    request = await deps.store.requests.find_one({"_id": seen[0]})
+    assert request is not None and request["withdrawn"] and not request["accepted"]
+    assert await deps.store.product_pages.count_documents({"_id": id_range(seen[0])}) == 0
+
+
+async def test_a_stale_attempt_accepted_meanwhile_is_not_withdrawn(deps: Deps) -> None:
+    accepted = await accept(deps, 3)
+    assert not await _withdraw(deps, accepted.request_id, unless_accepted=True)
+    request = await deps.store.requests.find_one({"_id": accepted.request_id})
+    assert request is not None and request["accepted"] and not request.get("withdrawn")
+    assert await deps.store.product_pages.count_documents(
+        {"_id": id_range(accepted.request_id)}) == 1
