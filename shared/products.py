@@ -23,7 +23,6 @@ from shared.mongo import Store, position_id
 
 MAX_PAGE_ROWS = 100
 MAX_PAGE_BYTES = 8 * 1024 * 1024  # well under MongoDB's 16 MiB document limit
-ROW_OVERHEAD_BYTES = 64  # BSON field names, types and array keys of one row
 
 
 def rows_per_page(max_row_bytes: int) -> int:

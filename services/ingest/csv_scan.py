@@ -94,6 +94,7 @@ class Scanner:
         self.headers: list[str] = []
         self.product_count = 0
         self.image_count = 0
+        self.max_row_bytes = 0  # an upper bound on the largest valid row as stored (BSON)
         self._serials = SerialRegistry(4 * limits.max_rows + 1)
         self._images_flagged = False
         self._columns: dict[str, int] = {}
@@ -243,4 +244,8 @@ class Scanner:
             errors += 1
             yield _error(line, URLS, "too_many_images", limit=limits.max_images_per_request)
         if not errors and serial is not None:
+            # The raw cell (UTF-8) bounds the URLs' bytes; plus BSON's per-item
+            # and per-row overhead.
+            size = len(url_cell.encode()) + 16 * len(urls) + len(name.encode()) + 64
+            self.max_row_bytes = max(self.max_row_bytes, size)
             yield ProductRow(line, serial, name, urls)

@@ -32,12 +32,6 @@ class CsvLimits:
     max_errors: int = 1000  # cap on the reported lists; the totals are still counted
     max_line_chars: int = 1_048_576  # one physical line; bounds memory on garbage input
 
-    def max_row_bytes(self) -> int:
-        """An upper bound on the stored size of one valid row (UTF-8 takes at
-        most 4 bytes a character; URLs are ASCII once validated)."""
-        return (self.max_urls_per_row * (self.max_url_length + 16)
-                + 4 * self.max_name_length + 64)
-
 
 DEFAULT_LIMITS = CsvLimits()
 
@@ -90,6 +84,7 @@ class ValidationReport:
     delimiter: str  # ",", "\t" or ";"
     warning_count: int = 0  # the true total of warnings
     headers: list[str] = field(default_factory=list)  # header cells as found
+    max_row_bytes: int = 0  # bound on the stored size of the largest valid row
 
     @property
     def ok(self) -> bool:

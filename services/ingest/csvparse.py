@@ -83,6 +83,7 @@ def validate(
         delimiter=scanner.delimiter,
         warning_count=warning_count,
         headers=scanner.headers,
+        max_row_bytes=scanner.max_row_bytes,
     )
     logger.debug(
         "csv validated: %d products, %d images, %d errors, %d warnings, encoding %s",

@@ -95,7 +95,7 @@ async def accept_upload(deps: Deps, stream: BinaryIO, *, filename: str | None,
         webhook_url=webhook_url or None, created_at=now, filename=filename, accepted=False,
         file_sha256=sha, warnings=[w.as_dict() for w in report.warnings],
         warning_count=report.warning_count,
-        page_rows=rows_per_page(s.csv_limits().max_row_bytes()))
+        page_rows=rows_per_page(report.max_row_bytes))
     if idempotency_key:
         doc["idempotency_key"] = idempotency_key
     try:
