@@ -110,16 +110,14 @@ async def iter_products(store: Store, request: dict[str, Any], *, start: int = 0
     (``product_rows_missing``) rather than yield fewer products.
     """
     rid, count = request["_id"], request["product_count"]
-    page_rows = request.get("page_rows") or MAX_PAGE_ROWS
     end = count if limit is None else min(count, start + limit)
-    first = start - start % page_rows
-    for page_start in range(first, end, page_rows):
+    if start >= end:
+        return
+    page_rows = _page_rows(request)
+    for page_start in range(start - start % page_rows, end, page_rows):
         page = await store.product_pages.find_one({"_id": page_id(rid, page_start)})
         if page is None:  # never silently short: a CSV missing rows would look complete
-            raise PermanentError(
-                f"request {rid}: rows {page_start}.. are missing from MongoDB (product page "
-                f"{page_id(rid, page_start)!r}); was the request withdrawn, or the database "
-                "restored without its product pages?", code="product_rows_missing")
+            raise _missing(rid, page_start)
         skip = max(0, start - page_start)
         rows = page["rows"][skip:end - page_start]
         outputs = await _outputs(store, rid, rows)
@@ -129,6 +127,31 @@ async def iter_products(store: Store, request: dict[str, Any], *, start: int = 0
                 name=r["name"], input_urls=r["input_urls"],
                 output_urls=[outputs.get(position_id(rid, r["serial"], i))
                              for i in range(len(r["input_urls"]))])
+
+
+def _page_rows(request: dict[str, Any]) -> int:
+    if not request.get("page_rows"):  # re-created from events: ingest's rows are not here
+        raise _missing(request["_id"], 0)
+    return int(request["page_rows"])
+
+
+def _missing(request_id: str, row: int) -> PermanentError:
+    return PermanentError(
+        f"request {request_id}: its product rows from row {row} on are not in MongoDB "
+        f"(product page {page_id(request_id, row)!r}); was the request withdrawn, or "
+        "the database restored without its product pages?", code="product_rows_missing")
+
+
+async def check_complete(store: Store, request: dict[str, Any]) -> None:
+    """Raise ``product_rows_missing`` unless every page of the request is stored
+    (before a response starts streaming, when it can still be an error)."""
+    count = request["product_count"]
+    if not count:
+        return
+    page_rows = _page_rows(request)
+    stored = await store.product_pages.count_documents({"_id": id_range(request["_id"])})
+    if stored < -(-count // page_rows):
+        raise _missing(request["_id"], stored * page_rows)
 
 
 async def find_product(store: Store, request: dict[str, Any],
@@ -147,7 +170,7 @@ async def find_product(store: Store, request: dict[str, Any],
         row = serial - offset
         if not 0 <= row < request["product_count"]:
             return None
-        page_rows = request.get("page_rows") or MAX_PAGE_ROWS
+        page_rows = request.get("page_rows") or 1  # set with serial_offset, at upload
         query: dict[str, Any] = {"_id": page_id(rid, row - row % page_rows)}
     else:
         query = {"_id": id_range(rid), "rows.serial": serial}

@@ -19,7 +19,7 @@ from shared.errors import PermanentError
 from shared.logs import setup_logging
 from shared.mongo import TERMINAL_STATUSES, Store, make_client, mongo_health
 from shared.outputcsv import iter_output_csv
-from shared.products import iter_products
+from shared.products import check_complete, iter_products
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,12 @@ def mask_url(url: str | None) -> str | None:
         host = f"[{host}]"
     netloc = f"{host}:{port}" if port is not None else host
     return urlunsplit((parts.scheme, netloc, parts.path, "…" if parts.query else "", ""))
+
+
+def server_error(exc: PermanentError) -> HTTPException:
+    """A 500 that says what is wrong (e.g. ``product_rows_missing``), logged."""
+    log.error("%s", exc)
+    return HTTPException(500, detail={"code": exc.code, "message": exc.message})
 
 
 class Failure(BaseModel):
@@ -78,6 +84,9 @@ class RequestStatus(BaseModel):
     completed_at: datetime | None = None
     updated_at: datetime | None = None
     output_csv_url: str | None = None
+    # Why the output CSV could not be built (the notifier dead-lettered the
+    # completion; replay it once the cause is fixed).
+    output_csv_error: str | None = None
     failures: list[Failure]
     failure_count: int
     webhook: Webhook
@@ -150,7 +159,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             processed=processed, progress=round(processed / total, 4) if total else 1.0,
             created_at=doc["created_at"], started_at=doc.get("started_at"),
             completed_at=doc.get("completed_at"), updated_at=doc.get("updated_at"),
-            output_csv_url=doc.get("output_csv_url"), failures=failures,
+            output_csv_url=doc.get("output_csv_url"),
+            output_csv_error=doc.get("output_csv_error"), failures=failures,
             failure_count=doc["failed"],
             webhook=Webhook(url=mask_url(doc.get("webhook_url")), status=hook.get("status", "none"),
                             attempts=hook.get("attempts", 0),
@@ -171,9 +181,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return [ProductOut(serial=p.serial, name=p.name, input_urls=p.input_urls,
                                output_urls=p.output_urls) async for p in products]
         except PermanentError as exc:
-            log.error("products of %s: %s", request_id, exc.message)
-            raise HTTPException(500, detail={"code": exc.code, "message": exc.message}) \
-                from exc
+            raise server_error(exc) from exc
 
     @app.get("/api/v1/requests/{request_id}/output.csv", tags=["requests"],
              response_class=StreamingResponse,
@@ -185,6 +193,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise HTTPException(409, detail={
                 "code": "not_finished",
                 "message": f"the request is {doc['status']}: try again when it is finished"})
+        try:
+            await check_complete(request.app.state.store, doc)
+        except PermanentError as exc:
+            raise server_error(exc) from exc
         return StreamingResponse(
             iter_output_csv(request.app.state.store, doc), media_type="text/csv",
             headers={"Content-Disposition": f'attachment; filename="{request_id}.csv"'})

@@ -33,7 +33,7 @@ from pymongo import ReturnDocument
 
 from services.notifier.settings import Settings
 from shared import signing
-from shared.errors import ImgpipeError, TransientError
+from shared.errors import ImgpipeError, PermanentError, TransientError
 from shared.events import RequestCompleted, now_utc
 from shared.logs import request_id_var
 from shared.mongo import TERMINAL_STATUSES, Store, db_now
@@ -75,12 +75,18 @@ async def on_request_completed(deps: Deps, ev: RequestCompleted) -> None:
     if not csv_url:
         # Spooled to disk past 8 MiB: a huge request does not hold its CSV in memory.
         with tempfile.SpooledTemporaryFile(max_size=8 << 20) as tmp:
-            size = await write_output_csv(deps.store, doc, tmp)
+            try:
+                size = await write_output_csv(deps.store, doc, tmp)
+            except PermanentError as exc:  # dead-lettered; shown on the request until fixed
+                await deps.store.requests.update_one(
+                    {"_id": ev.request_id}, {"$set": {"output_csv_error": str(exc)}})
+                raise
             tmp.seek(0)
             csv_url = await deps.objects.put_file(f"{ev.request_id}/output.csv", tmp, size,
                                                   "text/csv; charset=utf-8")
-        await deps.store.requests.update_one({"_id": ev.request_id},
-                                             {"$set": {"output_csv_url": csv_url}})
+        await deps.store.requests.update_one(
+            {"_id": ev.request_id},
+            {"$set": {"output_csv_url": csv_url}, "$unset": {"output_csv_error": ""}})
         log.info("output CSV stored at %s", csv_url)
     hook = doc.get("webhook") or {}
     if doc.get("webhook_url") and hook.get("status") not in FINISHED:

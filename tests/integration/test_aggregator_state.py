@@ -49,6 +49,7 @@ async def new_request(store: Store, images: int = 2) -> str:
     pages = PageBuilder(rid, page_rows=10)
     pages.add(1, "P", 2, [f"http://in/{i}.jpg" for i in range(images)])
     await store.product_pages.insert_one(pages.flush())
+    await store.requests.update_one({"_id": rid}, {"$set": {"page_rows": 10}})
     return rid
 
 

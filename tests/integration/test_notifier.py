@@ -20,7 +20,7 @@ import pytest
 from services.notifier.handlers import Deps, lease_seconds, on_request_completed
 from services.notifier.settings import Settings
 from shared import signing
-from shared.errors import TransientError
+from shared.errors import PermanentError, TransientError
 from shared.events import RequestCompleted, now_utc
 from shared.mongo import Store, db_now, make_client, position_id
 from shared.netguard import NetPolicy, guarded_session
@@ -62,7 +62,7 @@ class Env:
             "_id": rid, "accepted": True, "status": "COMPLETED", "product_count": 1,
             "image_count": 1, "succeeded": 1, "failed": 0, "webhook_url": url,
             "webhook": webhook or {"status": "pending" if url else "none", "attempts": 0},
-            "created_at": now, "completed_at": now, "output_csv_url": None})
+            "created_at": now, "completed_at": now, "output_csv_url": None, "page_rows": 100})
         pages = PageBuilder(rid, page_rows=100)
         pages.add(1, "Shoe", 2, ["http://in/a.jpg"])
         await self.store.product_pages.insert_one(pages.flush())
@@ -205,6 +205,19 @@ async def test_leases_follow_the_database_clock_not_the_hosts(
     with pytest.raises(TransientError):
         await on_request_completed(env.deps, ev)
     assert env.server.received == []
+
+
+async def test_a_request_whose_rows_are_missing_is_not_notified_and_says_why(
+        env: Env) -> None:
+    ev = await env.request()
+    await env.store.product_pages.delete_many({})
+    with pytest.raises(PermanentError):  # dead-lettered by the consumer loop
+        await on_request_completed(env.deps, ev)
+    assert env.server.received == []
+    doc = await env.store.requests.find_one({"_id": ev.request_id})
+    assert doc is not None and doc["output_csv_url"] is None
+    assert doc["output_csv_error"].startswith("product_rows_missing: ")
+    assert doc["webhook"]["status"] == "pending"  # sent once the rows are back and replayed
 
 
 async def test_the_signature_verifies_over_the_raw_body(env: Env) -> None:

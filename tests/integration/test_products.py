@@ -11,7 +11,7 @@ import pytest
 from shared.errors import PermanentError
 from shared.events import now_utc
 from shared.mongo import Store, make_client, new_request_doc, position_id
-from shared.products import PageBuilder, find_product, iter_products, page_id
+from shared.products import PageBuilder, check_complete, find_product, iter_products, page_id
 from shared.settings import CommonSettings
 
 pytestmark = pytest.mark.stack
@@ -104,3 +104,19 @@ async def test_a_missing_page_is_an_error_not_a_shorter_list(store: Store) -> No
             seen.append(product.serial)
     assert err.value.code == "product_rows_missing"
     assert seen == [1, 2, 3]
+
+
+async def test_a_request_without_its_rows_is_an_error_but_an_empty_window_is_not(
+        store: Store) -> None:
+    request = await stored_request(store, list(range(1, 8)), page_rows=3)
+    await check_complete(store, request)
+    assert [p async for p in iter_products(store, request, start=7)] == []
+    assert [p async for p in iter_products(store, request, limit=0)] == []
+    recreated = {**request, "page_rows": None}  # re-created from events: no pages known
+    for call in (check_complete(store, recreated), anext(iter_products(store, recreated))):
+        with pytest.raises(PermanentError) as err:
+            await call
+        assert err.value.code == "product_rows_missing"
+    await store.product_pages.delete_one({"_id": page_id(request["_id"], 6)})
+    with pytest.raises(PermanentError):
+        await check_complete(store, request)
