@@ -2,8 +2,9 @@
 
 Collections (see docs/database.md):
 - ``requests``: one per upload; counts, status, timestamps, output CSV, webhook.
-- ``product_pages``: the CSV rows, ``page_rows`` consecutive rows per document
-  (``shared/products.py``).
+- ``product_pages``: the CSV rows, ``page_rows`` consecutive rows per document,
+  and ``product_serials``: serial -> row, only for files whose serials do not
+  follow their rows (``shared/products.py``).
 - ``images``: one per URL position; status, output URL, sizes, qualities, error.
 """
 
@@ -39,6 +40,10 @@ class Store:
     @property
     def product_pages(self) -> AsyncCollection:
         return self.db["product_pages"]
+
+    @property
+    def product_serials(self) -> AsyncCollection:
+        return self.db["product_serials"]
 
     @property
     def images(self) -> AsyncCollection:

@@ -23,6 +23,7 @@ from shared.mongo import Store, position_id
 
 MAX_PAGE_ROWS = 100
 MAX_PAGE_BYTES = 8 * 1024 * 1024  # well under MongoDB's 16 MiB document limit
+SERIALS_PER_DOC = 1000
 
 
 def rows_per_page(max_row_bytes: int) -> int:
@@ -50,33 +51,55 @@ class Product:
 
 
 class PageBuilder:
-    """Groups rows, in file order, into page documents.
+    """Groups rows, in file order, into page documents, and maps serials to rows.
 
-    Also finds whether the serial numbers follow the rows (serial = row +
-    ``serial_offset`` for every row, as in the usual 1, 2, 3...): then a
-    product is found from its serial with one ``_id`` lookup.
+    When the serial numbers follow the rows (serial = row + ``serial_offset``
+    for every row, as in the usual 1, 2, 3...) a product is found from its
+    serial with arithmetic. Otherwise :meth:`serial_docs` gives a directory,
+    ``serial_buckets`` documents of about ``SERIALS_PER_DOC`` serials each
+    (bucket = serial mod buckets), so a lookup is still two ``_id`` reads.
     """
 
     def __init__(self, request_id: str, page_rows: int) -> None:
         self.request_id, self.page_rows = request_id, page_rows
         self.rows = 0
         self._page: list[dict[str, Any]] = []
-        self._linear = True
         self._offset: int | None = None
+        self._row_of: dict[int, int] | None = None  # serial -> row, once not linear
 
     @property
     def serial_offset(self) -> int | None:
-        return self._offset if self._linear else None
+        return self._offset if self._row_of is None else None
+
+    @property
+    def serial_buckets(self) -> int | None:
+        if self._row_of is None:
+            return None
+        return max(1, -(-len(self._row_of) // SERIALS_PER_DOC))
 
     def add(self, serial: int, name: str, line: int, urls: list[str]) -> dict[str, Any] | None:
         """Add the next row; returns the page it completed, if any."""
         if self._offset is None:
             self._offset = serial - self.rows
-        elif serial - self.rows != self._offset:
-            self._linear = False
+        elif self._row_of is None and serial - self.rows != self._offset:
+            offset = self._offset  # the rows so far did follow their serials
+            self._row_of = {row + offset: row for row in range(self.rows)}
+        if self._row_of is not None:
+            self._row_of[serial] = self.rows
         self._page.append({"serial": serial, "name": name, "line": line, "input_urls": urls})
         self.rows += 1
         return self.flush() if len(self._page) >= self.page_rows else None
+
+    def serial_docs(self) -> list[dict[str, Any]]:
+        """The ``product_serials`` documents (none when serials follow rows)."""
+        buckets = self.serial_buckets
+        if self._row_of is None or buckets is None:
+            return []
+        maps: list[dict[str, int]] = [{} for _ in range(buckets)]
+        for serial, row in self._row_of.items():
+            maps[serial % buckets][str(serial)] = row
+        return [{"_id": page_id(self.request_id, b), "request_id": self.request_id,
+                 "rows": rows} for b, rows in enumerate(maps)]
 
     def flush(self) -> dict[str, Any] | None:
         """The page of rows added since the last page, if any."""
@@ -159,19 +182,27 @@ async def find_product(store: Store, request: dict[str, Any],
     """The stored row (``serial``, ``name``, ``line``, ``input_urls``) with this
     serial number, or None.
 
-    One ``_id`` lookup when the serials follow the rows (``serial_offset`` set
-    at upload); otherwise a scan of the request's pages (no index on serials:
-    it would cost an index entry per row at upload).
+    By arithmetic when the serials follow the rows (``serial_offset``), else
+    through the serial directory (``serial_buckets``); both are set when the
+    upload is accepted. Before that (a callback racing the upload) the
+    request's pages are scanned.
     """
-    rid = request["_id"]
-    match = {"rows": {"$elemMatch": {"serial": serial}}}
-    offset = request.get("serial_offset")
+    rid, page_rows = request["_id"], request.get("page_rows") or 1
+    offset, buckets = request.get("serial_offset"), request.get("serial_buckets")
+    row: int | None = None
     if offset is not None:
         row = serial - offset
+    elif buckets:
+        directory = await store.product_serials.find_one(
+            {"_id": page_id(rid, serial % buckets)}, {f"rows.{serial}": 1})
+        row = ((directory or {}).get("rows") or {}).get(str(serial))
+    match = {"rows": {"$elemMatch": {"serial": serial}}}
+    if row is not None:
         if not 0 <= row < request["product_count"]:
             return None
-        page_rows = request.get("page_rows") or 1  # set with serial_offset, at upload
         query: dict[str, Any] = {"_id": page_id(rid, row - row % page_rows)}
+    elif offset is not None or buckets:
+        return None
     else:
         query = {"_id": id_range(rid), "rows.serial": serial}
     page = await store.product_pages.find_one(query, match)

@@ -30,8 +30,9 @@ class CallbacksDisabled(PermanentError):
 
 class CallbackIn(BaseModel):
     request_id: str
-    serial: int
-    position: int = Field(ge=0, description="0-based index of the URL within the product")
+    serial: int = Field(ge=1, lt=2**63, description="the product's S. No.")
+    position: int = Field(ge=0, lt=2**31,
+                          description="0-based index of the URL within the product")
     url: str = Field(description="the input URL at that position, as uploaded")
     status: Literal["succeeded", "failed"]
     output_url: HttpUrl | None = None
@@ -69,7 +70,8 @@ async def accept_callback(deps: Deps, read_body: Callable[[], Awaitable[bytes]],
         raise InvalidInputError(f"{where}: {first['msg']}", code="callback_invalid") from exc
     request_id_var.set(cb.request_id)
     request = await deps.store.requests.find_one(
-        {"_id": cb.request_id}, {"product_count": 1, "page_rows": 1, "serial_offset": 1})
+        {"_id": cb.request_id},
+        {"product_count": 1, "page_rows": 1, "serial_offset": 1, "serial_buckets": 1})
     product = await find_product(deps.store, request, cb.serial) if request else None
     urls = (product or {}).get("input_urls") or []
     if cb.position >= len(urls) or urls[cb.position] != cb.url:

@@ -113,7 +113,8 @@ async def accept_upload(deps: Deps, stream: BinaryIO, *, filename: str | None,
         # last, so the aggregator's completion check on it sees the flag.
         flipped = await deps.store.requests.update_one(
             {"_id": request_id, "withdrawn": {"$ne": True}},
-            {"$set": {"accepted": True, "serial_offset": pages.serial_offset}})
+            {"$set": {"accepted": True, "serial_offset": pages.serial_offset,
+                      "serial_buckets": pages.serial_buckets}})
         if not flipped.matched_count:
             raise TransientError("this upload was withdrawn while it was being accepted",
                                  code="withdrawn")
@@ -168,6 +169,8 @@ async def _store_and_publish(deps: Deps, pages: PageBuilder, stream: BinaryIO) -
                                                {"$set": {"updated_at": now_utc()}}))
         if in_flight is not None:
             await in_flight
+        if directory := pages.serial_docs():
+            await deps.store.product_serials.insert_many(directory, ordered=False)
     except BaseException:
         if in_flight is not None:
             in_flight.cancel()
@@ -226,6 +229,7 @@ async def _withdraw(deps: Deps, request_id: str, *, unless_accepted: bool = Fals
         if not (doc or {}).get("withdrawn"):
             return False
     await deps.store.product_pages.delete_many({"_id": id_range(request_id)})
+    await deps.store.product_serials.delete_many({"_id": id_range(request_id)})
     return True
 
 

@@ -15,7 +15,7 @@ from services.ingest.settings import Settings
 from shared.errors import TransientError
 from shared.kafka import EventPublisher, ensure_topics
 from shared.mongo import Store, make_client
-from shared.products import id_range
+from shared.products import find_product, id_range
 from shared.topics import Topic
 
 pytestmark = pytest.mark.stack
@@ -57,10 +57,11 @@ async def deps(stack_env: dict[str, str]) -> AsyncIterator[Deps]:
         await client.close()
 
 
-def csv_of(rows: int) -> io.BytesIO:
+def csv_of(rows: int, *, reverse: bool = False) -> io.BytesIO:
+    serials = range(rows, 0, -1) if reverse else range(1, rows + 1)
     lines = ["S. No.,Product Name,Input Image Urls"] + [
         f'{i},P{i},"https://img.example/{i}/a.jpg, https://img.example/{i}/b.jpg"'
-        for i in range(1, rows + 1)]
+        for i in serials]
     return io.BytesIO(("\n".join(lines) + "\n").encode())
 
 
@@ -115,3 +116,19 @@ async def test_a_stale_attempt_accepted_meanwhile_is_not_withdrawn(deps: Deps) -
     assert request is not None and request["accepted"] and not request.get("withdrawn")
     assert await deps.store.product_pages.count_documents(
         {"_id": id_range(accepted.request_id)}) == 1
+
+
+async def test_serials_that_do_not_follow_rows_get_a_directory_removed_on_withdraw(
+        deps: Deps) -> None:
+    accepted = await accept_upload(deps, csv_of(2500, reverse=True), filename="f.csv",
+                                   webhook_url=None, idempotency_key=None)
+    rid = accepted.request_id
+    request = await deps.store.requests.find_one({"_id": rid})
+    assert request is not None
+    assert (request["serial_offset"], request["serial_buckets"]) == (None, 3)
+    for serial in (1, 1250, 2500):
+        found = await find_product(deps.store, request, serial)
+        assert found is not None and found["serial"] == serial
+    assert await _withdraw(deps, rid)  # as if its request.created could not be published
+    for coll in (deps.store.product_pages, deps.store.product_serials):
+        assert await coll.count_documents({"_id": id_range(rid)}) == 0

@@ -6,6 +6,7 @@ import io
 from typing import Any
 
 import bson
+import pytest
 
 from services.ingest.csvparse import iter_products, validate
 from shared.products import MAX_PAGE_BYTES, MAX_PAGE_ROWS, PageBuilder, page_id, rows_per_page
@@ -41,6 +42,20 @@ def test_serial_offset_is_known_only_when_serials_follow_the_rows() -> None:
     assert build([1, 2, 4, 5], 2)[0].serial_offset is None
     assert build([3, 2, 1], 2)[0].serial_offset is None
     assert build([], 2)[0].serial_offset is None
+
+
+def test_the_serial_directory_maps_every_serial_to_its_row(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("shared.products.SERIALS_PER_DOC", 3)
+    serials = [4, 5, 6, 7, 1, 30, 2, 9, 100, 3]  # follows rows at first, then not
+    pages, _ = build(serials, page_rows=4)
+    assert pages.serial_offset is None and pages.serial_buckets == 4
+    docs = pages.serial_docs()
+    assert [d["_id"] for d in docs] == [page_id("rid", b) for b in range(4)]
+    found = {int(k): (row, d["_id"]) for d in docs for k, row in d["rows"].items()}
+    assert {s: row for s, (row, _) in found.items()} == {s: r for r, s in enumerate(serials)}
+    assert all(doc_id == page_id("rid", s % 4) for s, (_, doc_id) in found.items())
+    assert build([1, 2, 3], 2)[0].serial_docs() == []
 
 
 def test_flush_of_an_empty_builder_is_none() -> None:
