@@ -140,8 +140,9 @@ async def _store_and_publish(deps: Deps, pages: PageBuilder, stream: BinaryIO) -
     """Pass 2 over the file, in batches: bounded memory at any size.
 
     A worker thread parses the next batch and encodes its page documents and
-    events while the previous batch's MongoDB insert and Kafka publish run
-    concurrently; at most two batches are in flight.
+    events while the previous batch's pages are inserted, concurrently with the
+    publish of the batch before it (whose pages are stored); at most two
+    batches are in flight.
 
     The first batch is small (``FIRST_BATCH`` rows, ready in a few ms) so the
     writes start at once; each next one is twice the size, up to
@@ -153,6 +154,7 @@ async def _store_and_publish(deps: Deps, pages: PageBuilder, stream: BinaryIO) -
     limit = deps.settings.publish_batch
     size = min(FIRST_BATCH, limit)
     in_flight: asyncio.Future[Any] | None = None
+    stored: list[tuple[bytes, bytes]] = []  # events whose rows are stored, to publish
     try:
         while True:
             docs, messages = await asyncio.to_thread(_prepare, pages, encoder, rows, size)
@@ -161,14 +163,18 @@ async def _store_and_publish(deps: Deps, pages: PageBuilder, stream: BinaryIO) -
             size = min(size * 2, limit)
             if in_flight is not None:
                 await in_flight
+            # An event goes out only once its row is stored, so a fast external
+            # processor's callback always finds the row it reports on.
             in_flight = asyncio.gather(
                 deps.store.product_pages.insert_many(docs, ordered=False),
-                deps.publisher.publish_encoded(Topic.IMAGE_REQUESTED, messages),
+                deps.publisher.publish_encoded(Topic.IMAGE_REQUESTED, stored),
                 # heartbeat: a retry with the same key sees this attempt is alive
                 deps.store.requests.update_one({"_id": pages.request_id},
                                                {"$set": {"updated_at": now_utc()}}))
+            stored = messages
         if in_flight is not None:
             await in_flight
+        await deps.publisher.publish_encoded(Topic.IMAGE_REQUESTED, stored)
         if directory := pages.serial_docs():
             await deps.store.product_serials.insert_many(directory, ordered=False)
     except BaseException:

@@ -13,6 +13,7 @@ import pytest
 from services.ingest.handlers import Deps, _withdraw, accept_upload
 from services.ingest.settings import Settings
 from shared.errors import TransientError
+from shared.events import ImageRequested, decode_as
 from shared.kafka import EventPublisher, ensure_topics
 from shared.mongo import Store, make_client
 from shared.products import find_product, id_range
@@ -24,14 +25,14 @@ pytestmark = pytest.mark.stack
 class HookedPublisher(EventPublisher):
     """The real publisher; ``before_images`` runs before each image-event batch."""
 
-    before_images: Callable[[], Awaitable[None]] | None = None
+    before_images: Callable[[Sequence[tuple[bytes, bytes]]], Awaitable[None]] | None = None
     image_events = 0
 
     async def publish_encoded(self, topic: Topic, messages: Sequence[tuple[bytes, bytes]]
                               ) -> None:
         if topic is Topic.IMAGE_REQUESTED:
             if self.before_images is not None:
-                await self.before_images()
+                await self.before_images(messages)
             self.image_events += len(messages)
         await super().publish_encoded(topic, messages)
 
@@ -86,6 +87,24 @@ async def test_every_row_is_stored_in_pages_and_every_url_published(
     assert publisher.image_events == 2 * rows
 
 
+async def test_an_image_event_is_published_only_once_its_row_is_stored(deps: Deps) -> None:
+    publisher = deps.publisher
+    assert isinstance(publisher, HookedPublisher)
+    checked: list[int] = []
+
+    async def row_is_stored(messages: Sequence[tuple[bytes, bytes]]) -> None:
+        for _, value in messages[-1:]:
+            ev = decode_as(value, ImageRequested)
+            pages = deps.store.product_pages
+            assert await pages.count_documents(
+                {"_id": id_range(ev.request_id), "rows.serial": ev.serial}) == 1
+            checked.append(ev.serial)
+
+    publisher.before_images = row_is_stored
+    await accept(deps, 1000)
+    assert len(checked) >= 3 and checked[-1] == 1000
+
+
 async def test_an_upload_withdrawn_by_a_retry_while_being_accepted_is_not_answered_202(
         deps: Deps) -> None:
     """A retry (same Idempotency-Key) decided this attempt was dead and withdrew it;
@@ -94,7 +113,7 @@ async def test_an_upload_withdrawn_by_a_retry_while_being_accepted_is_not_answer
     assert isinstance(publisher, HookedPublisher)
     seen: list[str] = []
 
-    async def withdraw_it() -> None:
+    async def withdraw_it(messages: Sequence[tuple[bytes, bytes]]) -> None:
         if not seen:
             doc = await deps.store.requests.find_one({"idempotency_key": "k1"})
             assert doc is not None
