@@ -13,7 +13,8 @@ On the same generated images in the same run it measures:
 * the peak RSS of each pool worker (``VmHWM`` from /proc).
 
 Every round runs all four in a rotated order, so drift on the machine hits them
-alike; figures are medians over the rounds.
+alike (bare Pillow and the engine run twice per round: once timed by the wall
+clock, once by CPU time); figures are medians over the rounds.
 
 Usage: ``.venv/bin/python bench/bench_engine.py [--images N] [--rounds R] [--mp M]``
 """
@@ -88,7 +89,10 @@ def vm_hwm_mb(pid: int) -> float | None:
 def cpu_of(pids: list[int]) -> float:
     total = 0.0
     for pid in pids:
-        times = psutil.Process(pid).cpu_times()
+        try:
+            times = psutil.Process(pid).cpu_times()
+        except psutil.Error:  # a worker replaced meanwhile (killed over a limit)
+            continue
         total += times.user + times.system
     return total
 

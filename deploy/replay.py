@@ -13,8 +13,8 @@ is idempotent, so a plain replay repairs what is missing and changes nothing
 else (objects are overwritten under the same keys).
 
 ``--reset`` first clears the request's results in MongoDB (per-image results,
-output URLs, counts, output CSV, webhook state), so the replayed images are
-processed and counted afresh, the request completes again, a new output CSV
+which hold the output URLs; counts, output CSV, webhook state), so the replayed
+images are processed and counted afresh, the request completes again, a new output CSV
 is written and the webhook is called again. Use it on a finished request.
 """
 
@@ -114,7 +114,8 @@ async def reset(store: Store, request_id: str) -> None:
         "$set": {"status": "QUEUED", "succeeded": 0, "failed": 0, "completed_at": None,
                  "output_csv_url": None, "completion_published": False,
                  "webhook": {"status": hook, "attempts": 0}},
-        "$unset": {"started_at": "", "publish_lease_until": ""}})
+        "$unset": {"started_at": "", "publish_lease_until": "", "output_csv_error": "",
+                   "dead_letters": "", "dead_letter_count": ""}})
     log.info("reset request %s", request_id)
 
 

@@ -33,7 +33,7 @@ def rows_per_page(max_row_bytes: int) -> int:
 
 
 def page_id(request_id: str, first_row: int) -> str:
-    return f"{request_id}:{first_row:07d}"
+    return f"{request_id}:{first_row:09d}"
 
 
 def id_range(request_id: str) -> dict[str, str]:

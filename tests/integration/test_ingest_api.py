@@ -12,6 +12,7 @@ import pytest
 from pymongo import MongoClient
 from pymongo.database import Database
 
+from shared.products import page_id
 from tests.conftest import HttpServer, Pipeline
 from tests.imagecorpus import encode, photo
 
@@ -147,7 +148,7 @@ def test_products_are_paged_in_input_order_across_page_boundaries(pipeline: Pipe
         request = db["requests"].find_one({"_id": rid})
         assert request is not None and request["serial_offset"] == 1
         pages = db["product_pages"]
-        assert pages.delete_one({"_id": f"{rid}:{request['page_rows']:07d}"}).deleted_count == 1
+        assert pages.delete_one({"_id": page_id(rid, request['page_rows'])}).deleted_count == 1
     broken = httpx.get(url, params={"offset": 0, "limit": 1000})
     assert broken.status_code == 500
     assert broken.json()["detail"]["code"] == "product_rows_missing"
