@@ -14,7 +14,7 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -25,6 +25,8 @@ import pytest
 from deploy import services
 from deploy.localstack import LocalStack, StackState
 from deploy.procs import free_port
+from shared.mongo import Store, make_client
+from shared.settings import CommonSettings
 
 log = logging.getLogger("tests")
 
@@ -47,6 +49,19 @@ def stack_env(stack: StackState) -> dict[str, str]:
     tag = uuid.uuid4().hex[:8]
     return {**stack.env(), "IMGPIPE_TOPIC_PREFIX": f"t{tag}", "IMGPIPE_MONGO_DB": f"db{tag}",
             "IMGPIPE_TOPIC_PARTITIONS": "4", "IMGPIPE_FETCH_ALLOW_NETWORKS": "127.0.0.0/8"}
+
+
+@pytest.fixture
+async def store(stack_env: dict[str, str]) -> AsyncIterator[Store]:
+    """A Store on a fresh, randomly named database of the local stack (dropped after)."""
+    settings = CommonSettings(mongo_uri=stack_env["IMGPIPE_MONGO_URI"],
+                              mongo_db=f"t{uuid.uuid4().hex[:10]}")
+    client = make_client(settings)
+    st = Store.from_client(client, settings)
+    await st.ensure_indexes()
+    yield st
+    await client.drop_database(settings.mongo_db)
+    await client.close()
 
 
 @dataclass

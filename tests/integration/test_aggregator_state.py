@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -18,23 +17,11 @@ from services.aggregator.handlers import (
 )
 from shared.errors import TransientError
 from shared.events import ImageDone, RequestCompleted, RequestCreated, now_utc
-from shared.mongo import Store, db_now, make_client, new_request_doc, position_id
+from shared.mongo import Store, db_now, new_request_doc, position_id
 from shared.products import PageBuilder, iter_products
-from shared.settings import CommonSettings
 
 pytestmark = pytest.mark.stack
 
-
-@pytest.fixture
-async def store(stack_env: dict[str, str]) -> AsyncIterator[Store]:
-    settings = CommonSettings(mongo_uri=stack_env["IMGPIPE_MONGO_URI"],
-                              mongo_db=f"agg{uuid.uuid4().hex[:8]}")
-    client = make_client(settings)
-    st = Store.from_client(client, settings)
-    await st.ensure_indexes()
-    yield st
-    await client.drop_database(settings.mongo_db)
-    await client.close()
 
 
 class Published(list[RequestCompleted]):

@@ -3,30 +3,17 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from shared.errors import PermanentError
 from shared.events import now_utc
-from shared.mongo import Store, make_client, new_request_doc, position_id
+from shared.mongo import Store, new_request_doc, position_id
 from shared.products import PageBuilder, check_complete, find_product, iter_products, page_id
-from shared.settings import CommonSettings
 
 pytestmark = pytest.mark.stack
 
-
-@pytest.fixture
-async def store(stack_env: dict[str, str]) -> AsyncIterator[Store]:
-    settings = CommonSettings(mongo_uri=stack_env["IMGPIPE_MONGO_URI"],
-                              mongo_db=f"prod{uuid.uuid4().hex[:8]}")
-    client = make_client(settings)
-    st = Store.from_client(client, settings)
-    await st.ensure_indexes()
-    yield st
-    await client.drop_database(settings.mongo_db)
-    await client.close()
 
 
 async def stored_request(store: Store, serials: list[int], page_rows: int) -> dict[str, Any]:
