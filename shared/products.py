@@ -140,7 +140,7 @@ async def iter_products(store: Store, request: dict[str, Any], *, start: int = 0
     for page_start in range(start - start % page_rows, end, page_rows):
         page = await store.product_pages.find_one({"_id": page_id(rid, page_start)})
         if page is None:  # never silently short: a CSV missing rows would look complete
-            raise _missing(rid, page_start)
+            raise _missing(rid, f"product page {page_id(rid, page_start)!r} is")
         skip = max(0, start - page_start)
         rows = page["rows"][skip:end - page_start]
         outputs = await _outputs(store, rid, rows)
@@ -154,15 +154,14 @@ async def iter_products(store: Store, request: dict[str, Any], *, start: int = 0
 
 def _page_rows(request: dict[str, Any]) -> int:
     if not request.get("page_rows"):  # re-created from events: ingest's rows are not here
-        raise _missing(request["_id"], 0)
+        raise _missing(request["_id"], "its product rows are")
     return int(request["page_rows"])
 
 
-def _missing(request_id: str, row: int) -> PermanentError:
+def _missing(request_id: str, what: str) -> PermanentError:
     return PermanentError(
-        f"request {request_id}: its product rows from row {row} on are not in MongoDB "
-        f"(product page {page_id(request_id, row)!r}); was the request withdrawn, or "
-        "the database restored without its product pages?", code="product_rows_missing")
+        f"request {request_id}: {what} not in MongoDB; was the request withdrawn, or the "
+        "database restored without its product pages?", code="product_rows_missing")
 
 
 async def check_complete(store: Store, request: dict[str, Any]) -> None:
@@ -173,8 +172,9 @@ async def check_complete(store: Store, request: dict[str, Any]) -> None:
         return
     page_rows = _page_rows(request)
     stored = await store.product_pages.count_documents({"_id": id_range(request["_id"])})
-    if stored < -(-count // page_rows):
-        raise _missing(request["_id"], stored * page_rows)
+    expected = -(-count // page_rows)
+    if stored < expected:
+        raise _missing(request["_id"], f"only {stored} of its {expected} product pages are")
 
 
 async def find_product(store: Store, request: dict[str, Any],
