@@ -5,7 +5,7 @@ Re-exported by :mod:`services.ingest.csvparse`; import them from there.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from shared.errors import InvalidInputError
@@ -85,13 +85,16 @@ class ValidationReport:
     warning_count: int = 0  # the true total of warnings
     headers: list[str] = field(default_factory=list)  # header cells as found
     max_row_bytes: int = 0  # bound on the stored size of the largest valid row
+    # The rows of a valid file small enough to keep (``validate(keep_rows=)``).
+    rows: list[ProductRow] | None = field(default=None, repr=False)
 
     @property
     def ok(self) -> bool:
         return self.error_count == 0
 
     def as_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = asdict(replace(self, rows=None))  # not the rows: no deep copy of them
+        del data["rows"]
         data["ok"] = self.ok
         return data
 

@@ -51,19 +51,31 @@ logger = logging.getLogger(__name__)
 
 
 def validate(
-    stream: BinaryIO, limits: CsvLimits = DEFAULT_LIMITS, *, chunk_size: int = CHUNK_SIZE
+    stream: BinaryIO,
+    limits: CsvLimits = DEFAULT_LIMITS,
+    *,
+    chunk_size: int = CHUNK_SIZE,
+    keep_rows: int = 0,
 ) -> ValidationReport:
     """Pass 1: check the whole upload and report all errors and warnings.
 
-    ``chunk_size`` is the number of bytes read per ``stream.read`` call.
+    ``chunk_size`` is the number of bytes read per ``stream.read`` call. A
+    valid file of at most ``keep_rows`` rows comes back with its rows in
+    ``report.rows``, so it need not be parsed again (pass 2); a larger one is
+    never held in memory.
     """
     scanner = Scanner(stream, limits, chunk_size=chunk_size)
     errors: list[CsvIssue] = []
     warnings: list[CsvIssue] = []
     error_count = warning_count = 0
     cap = limits.max_errors
+    kept: list[ProductRow] | None = [] if keep_rows > 0 else None
     for event in scanner.events():
         if not isinstance(event, Finding):
+            if kept is not None:
+                kept.append(event)
+                if len(kept) > keep_rows:
+                    kept = None
             continue
         if event.is_error:
             error_count += 1
@@ -84,6 +96,7 @@ def validate(
         warning_count=warning_count,
         headers=scanner.headers,
         max_row_bytes=scanner.max_row_bytes,
+        rows=kept if error_count == 0 else None,
     )
     logger.debug(
         "csv validated: %d products, %d images, %d errors, %d warnings, encoding %s",

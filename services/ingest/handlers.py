@@ -81,7 +81,8 @@ async def accept_upload(deps: Deps, stream: BinaryIO, *, filename: str | None,
         earlier = await _earlier(deps, idempotency_key, sha)
         if earlier:
             return earlier
-    report = await asyncio.to_thread(validate, stream, s.csv_limits())
+    report = await asyncio.to_thread(validate, stream, s.csv_limits(),
+                                     keep_rows=s.rows_kept_after_validation)
     if not report.ok:
         raise CsvRejected(report)
     if webhook_url:
@@ -107,7 +108,8 @@ async def accept_upload(deps: Deps, stream: BinaryIO, *, filename: str | None,
         raise
     try:
         pages = PageBuilder(request_id, doc["page_rows"])
-        await _store_and_publish(deps, pages, stream)
+        await _store_and_publish(deps, pages, stream, report.rows)
+        report.rows = None  # memory
         # Accepted only once every image event is acknowledged (and only if a
         # retry has not withdrawn this attempt meanwhile); request-created goes
         # last, so the aggregator's completion check on it sees the flag.
@@ -136,8 +138,10 @@ async def accept_upload(deps: Deps, stream: BinaryIO, *, filename: str | None,
 FIRST_BATCH = 200
 
 
-async def _store_and_publish(deps: Deps, pages: PageBuilder, stream: BinaryIO) -> None:
-    """Pass 2 over the file, in batches: bounded memory at any size.
+async def _store_and_publish(deps: Deps, pages: PageBuilder, stream: BinaryIO,
+                             kept: list[ProductRow] | None) -> None:
+    """Pass 2 over the file (or over the rows ``kept`` by validation), in
+    batches: bounded memory at any size.
 
     A worker thread parses the next batch and encodes its page documents and
     events while the previous batch's pages are inserted, concurrently with the
@@ -148,8 +152,11 @@ async def _store_and_publish(deps: Deps, pages: PageBuilder, stream: BinaryIO) -
     writes start at once; each next one is twice the size, up to
     ``publish_batch`` rows.
     """
-    stream.seek(0)
-    rows = iter_products(stream, deps.settings.csv_limits())
+    if kept is not None:
+        rows: Iterator[ProductRow] = iter(kept)
+    else:
+        stream.seek(0)
+        rows = iter_products(stream, deps.settings.csv_limits())
     encoder = ImageRequestedEncoder(pages.request_id)
     limit = deps.settings.publish_batch
     size = min(FIRST_BATCH, limit)

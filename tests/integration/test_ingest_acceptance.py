@@ -71,9 +71,11 @@ async def accept(deps: Deps, rows: int, key: str | None = None) -> Any:
                                idempotency_key=key)
 
 
-@pytest.mark.parametrize("rows", [1, 78, 79, 80, 250])
+@pytest.mark.parametrize("kept", [0, 20_000], ids=["read-twice", "parsed-once"])
+@pytest.mark.parametrize("rows", [1, 99, 100, 101, 250])
 async def test_every_row_is_stored_in_pages_and_every_url_published(
-        deps: Deps, rows: int) -> None:
+        deps: Deps, rows: int, kept: int) -> None:
+    deps.settings.rows_kept_after_validation = kept
     publisher = deps.publisher
     assert isinstance(publisher, HookedPublisher)
     accepted = await accept(deps, rows)

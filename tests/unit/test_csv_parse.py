@@ -253,3 +253,17 @@ def test_validate_streams_with_bounded_memory() -> None:
     assert report.product_count == 40_000 and report.image_count == 80_000
     # 20x the rows: memory grows only by the serial registry (4 bytes per serial).
     assert peaks[1] < peaks[0] + 1_000_000, peaks
+
+
+def test_validation_keeps_the_rows_of_a_small_valid_file_only() -> None:
+    body = ("S. No.,Product Name,Input Image Urls\n" + "".join(
+        f'{i},P{i},"https://img.example/{i}/a.jpg, https://img.example/{i}/b.jpg"\n'
+        for i in range(1, 11))).encode()
+    streamed = list(iter_products(io.BytesIO(body)))
+    assert validate(io.BytesIO(body), keep_rows=10).rows == streamed
+    assert validate(io.BytesIO(body), keep_rows=9).rows is None  # too many to keep
+    assert validate(io.BytesIO(body)).rows is None  # keeping is opt-in
+    bad = body.replace(b"https://img.example/5/a.jpg", b"ftp://img.example/5/a.jpg")
+    report = validate(io.BytesIO(bad), keep_rows=100)
+    assert not report.ok and report.rows is None
+    assert "rows" not in report.as_dict()
