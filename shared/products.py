@@ -24,12 +24,22 @@ from shared.mongo import Store, position_id
 MAX_PAGE_ROWS = 100
 MAX_PAGE_BYTES = 8 * 1024 * 1024  # well under MongoDB's 16 MiB document limit
 SERIALS_PER_DOC = 1000
+_MASK64 = (1 << 64) - 1
 
 
 def rows_per_page(max_row_bytes: int) -> int:
     """Rows per page such that a page of the largest allowed rows stays under
     ``MAX_PAGE_BYTES``."""
     return max(1, min(MAX_PAGE_ROWS, MAX_PAGE_BYTES // max(1, max_row_bytes)))
+
+
+def serial_bucket(serial: int, buckets: int) -> int:
+    """The directory document of a serial: mixed first (splitmix64's finaliser),
+    so serials in steps of 10, 100, or of ``buckets`` still spread evenly."""
+    x = serial & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return (x ^ (x >> 31)) % buckets
 
 
 def page_id(request_id: str, first_row: int) -> str:
@@ -57,7 +67,7 @@ class PageBuilder:
     for every row, as in the usual 1, 2, 3...) a product is found from its
     serial with arithmetic. Otherwise :meth:`serial_docs` gives a directory,
     ``serial_buckets`` documents of about ``SERIALS_PER_DOC`` serials each
-    (bucket = serial mod buckets), so a lookup is still two ``_id`` reads.
+    (:func:`serial_bucket`), so a lookup is still two ``_id`` reads.
     """
 
     def __init__(self, request_id: str, page_rows: int) -> None:
@@ -97,7 +107,7 @@ class PageBuilder:
             return []
         maps: list[dict[str, int]] = [{} for _ in range(buckets)]
         for serial, row in self._row_of.items():
-            maps[serial % buckets][str(serial)] = row
+            maps[serial_bucket(serial, buckets)][str(serial)] = row
         return [{"_id": page_id(self.request_id, b), "request_id": self.request_id,
                  "rows": rows} for b, rows in enumerate(maps)]
 
@@ -194,7 +204,7 @@ async def find_product(store: Store, request: dict[str, Any],
         row = serial - offset
     elif buckets:
         directory = await store.product_serials.find_one(
-            {"_id": page_id(rid, serial % buckets)}, {f"rows.{serial}": 1})
+            {"_id": page_id(rid, serial_bucket(serial, buckets))}, {f"rows.{serial}": 1})
         row = ((directory or {}).get("rows") or {}).get(str(serial))
     match = {"rows": {"$elemMatch": {"serial": serial}}}
     if row is not None:

@@ -96,8 +96,11 @@ def create_app(s: Settings) -> faust.App:
                 source = f"aggregator:{message.message.topic}"
                 await with_retries(partial(dead_letter, raw, source, exc), park=False)
                 if event is not None:
-                    await with_retries(partial(note_dead_letter, store(), event, exc),
-                                       park=False)
+                    try:  # a note for people: never worth holding the stream for
+                        await with_retries(partial(note_dead_letter, store(), event, exc))
+                    except Exception:
+                        log.exception("could not note the dead letter on request %s",
+                                      event.request_id)
 
     @app.page("/health")
     async def health(web: Any, request: Any) -> Any:

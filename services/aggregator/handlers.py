@@ -198,7 +198,9 @@ async def note_dead_letter(store: Store, ev: AnyEvent, error: Exception) -> None
     a bug retried to its limit): until it is replayed the request may never
     finish, and the status API shows why. Idempotent for a redelivered message
     (the last ``DEAD_LETTERS_KEPT`` event ids are kept)."""
-    text = str(error) if isinstance(error, ImgpipeError) else repr(error)  # code: message
+    # Shown by the public status API: an unexpected error's details stay in the log.
+    text = (str(error) if isinstance(error, ImgpipeError)  # code: message
+            else f"internal_error: unexpected {type(error).__name__} (see the aggregator's log)")
     entry = {"event_id": ev.event_id, "event_type": ev.event_type, "error": text[:500],
              "at": now_utc()}
     await store.requests.update_one(

@@ -78,6 +78,7 @@ def validate(
                     kept = None
             continue
         if event.is_error:
+            kept = None  # never used for an invalid file
             error_count += 1
             if len(errors) < cap:
                 errors.append(event.issue)
@@ -96,7 +97,7 @@ def validate(
         warning_count=warning_count,
         headers=scanner.headers,
         max_row_bytes=scanner.max_row_bytes,
-        rows=kept if error_count == 0 else None,
+        rows=kept,
     )
     logger.debug(
         "csv validated: %d products, %d images, %d errors, %d warnings, encoding %s",

@@ -9,24 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import logging
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from pymongo.errors import DuplicateKeyError
 
-from services.ingest.csvparse import CsvIssue, ProductRow, ValidationReport, iter_products, validate
+from services.ingest.csvparse import CsvIssue, ValidationReport, validate
+from services.ingest.enqueue import Withdrawn, store_and_publish
 from services.ingest.settings import Settings
-from shared.errors import ImgpipeError, InvalidInputError, TransientError
-from shared.events import ImageRequestedEncoder, RequestCreated, now_utc
+from shared.errors import ImgpipeError, InvalidInputError
+from shared.events import RequestCreated, now_utc
 from shared.kafka import EventPublisher
 from shared.logs import request_id_var
-from shared.mongo import TERMINAL_STATUSES, Store, new_request_doc
+from shared.mongo import TERMINAL_STATUSES, Store, db_now, new_request_doc
 from shared.netguard import check_url, check_url_static
 from shared.products import PageBuilder, id_range, rows_per_page
-from shared.topics import Topic
 
 log = logging.getLogger(__name__)
 STALE_ATTEMPT_SECONDS = 600
@@ -81,8 +81,10 @@ async def accept_upload(deps: Deps, stream: BinaryIO, *, filename: str | None,
         earlier = await _earlier(deps, idempotency_key, sha)
         if earlier:
             return earlier
-    report = await asyncio.to_thread(validate, stream, s.csv_limits(),
-                                     keep_rows=s.rows_kept_after_validation)
+    size = stream.seek(0, io.SEEK_END)
+    stream.seek(0)
+    keep = s.max_rows if size <= s.parse_once_max_bytes else 0  # parsed once if small
+    report = await asyncio.to_thread(validate, stream, s.csv_limits(), keep_rows=keep)
     if not report.ok:
         raise CsvRejected(report)
     if webhook_url:
@@ -99,6 +101,7 @@ async def accept_upload(deps: Deps, stream: BinaryIO, *, filename: str | None,
         page_rows=rows_per_page(report.max_row_bytes))
     if idempotency_key:
         doc["idempotency_key"] = idempotency_key
+    doc["heartbeat_at"] = await db_now(deps.store)
     try:
         await deps.store.requests.insert_one(doc)
     except DuplicateKeyError:  # a concurrent upload with the same key won
@@ -108,7 +111,8 @@ async def accept_upload(deps: Deps, stream: BinaryIO, *, filename: str | None,
         raise
     try:
         pages = PageBuilder(request_id, doc["page_rows"])
-        await _store_and_publish(deps, pages, stream, report.rows)
+        await store_and_publish(deps.store, deps.publisher, s.csv_limits(), s.publish_batch,
+                                pages, stream, report.rows)
         report.rows = None  # memory
         # Accepted only once every image event is acknowledged (and only if a
         # retry has not withdrawn this attempt meanwhile); request-created goes
@@ -118,14 +122,14 @@ async def accept_upload(deps: Deps, stream: BinaryIO, *, filename: str | None,
             {"$set": {"accepted": True, "serial_offset": pages.serial_offset,
                       "serial_buckets": pages.serial_buckets}})
         if not flipped.matched_count:
-            raise TransientError("this upload was withdrawn while it was being accepted",
-                                 code="withdrawn")
+            raise Withdrawn("this upload was withdrawn while it was being accepted")
         await deps.publisher.publish(created_event(doc))
     except BaseException as exc:
         log.exception("request %s could not be enqueued; withdrawing it", request_id)
         if not await _withdraw(deps, request_id) and isinstance(exc, Exception):
             # It had already finished (its images completed while the last
-            # publish was failing): the client gets its id after all.
+            # publish was failing), or a retry with its Idempotency-Key was
+            # already answered with its id: the client gets its id after all.
             return Accepted(request_id, report.product_count, report.image_count,
                             report.warnings, report.warning_count)
         raise
@@ -133,86 +137,6 @@ async def accept_upload(deps: Deps, stream: BinaryIO, *, filename: str | None,
              report.image_count, filename)
     return Accepted(request_id, report.product_count, report.image_count,
                     report.warnings, report.warning_count)
-
-
-FIRST_BATCH = 200
-
-
-async def _store_and_publish(deps: Deps, pages: PageBuilder, stream: BinaryIO,
-                             kept: list[ProductRow] | None) -> None:
-    """Pass 2 over the file (or over the rows ``kept`` by validation), in
-    batches: bounded memory at any size.
-
-    A worker thread parses the next batch and encodes its page documents and
-    events while the previous batch's pages are inserted, concurrently with the
-    publish of the batch before it (whose pages are stored); at most two
-    batches are in flight.
-
-    The first batch is small (``FIRST_BATCH`` rows, ready in a few ms) so the
-    writes start at once; each next one is twice the size, up to
-    ``publish_batch`` rows.
-    """
-    if kept is not None:
-        rows: Iterator[ProductRow] = iter(kept)
-    else:
-        stream.seek(0)
-        rows = iter_products(stream, deps.settings.csv_limits())
-    encoder = ImageRequestedEncoder(pages.request_id)
-    limit = deps.settings.publish_batch
-    size = min(FIRST_BATCH, limit)
-    in_flight: asyncio.Future[Any] | None = None
-    stored: list[tuple[bytes, bytes]] = []  # events whose rows are stored, to publish
-    try:
-        while True:
-            docs, messages = await asyncio.to_thread(_prepare, pages, encoder, rows, size)
-            if not docs:
-                break
-            size = min(size * 2, limit)
-            if in_flight is not None:
-                await in_flight
-            # An event goes out only once its row is stored, so a fast external
-            # processor's callback always finds the row it reports on.
-            in_flight = asyncio.gather(
-                deps.store.product_pages.insert_many(docs, ordered=False),
-                deps.publisher.publish_encoded(Topic.IMAGE_REQUESTED, stored),
-                # heartbeat: a retry with the same key sees this attempt is alive
-                deps.store.requests.update_one({"_id": pages.request_id},
-                                               {"$set": {"updated_at": now_utc()}}))
-            stored = messages
-        if in_flight is not None:
-            await in_flight
-        await deps.publisher.publish_encoded(Topic.IMAGE_REQUESTED, stored)
-        if directory := pages.serial_docs():
-            await deps.store.product_serials.insert_many(directory, ordered=False)
-    except BaseException:
-        if in_flight is not None:
-            in_flight.cancel()
-            await asyncio.gather(in_flight, return_exceptions=True)
-        raise
-
-
-def _prepare(pages: PageBuilder, encoder: ImageRequestedEncoder, rows: Iterator[ProductRow],
-             n: int) -> tuple[list[dict[str, Any]], list[tuple[bytes, bytes]]]:
-    """About ``n`` rows (whole pages) as page documents and encoded events.
-
-    Events are encoded straight to JSON by ``encoder`` (byte-identical to
-    ``ImageRequested(...).encode()``, under half the CPU); one ``occurred_at``
-    per batch.
-    """
-    docs: list[dict[str, Any]] = []
-    messages: list[tuple[bytes, bytes]] = []
-    occurred_at = now_utc()
-    for taken, row in enumerate(rows, start=1):
-        page = pages.add(row.serial, row.name, row.line, row.urls)
-        messages.extend(encoder.encode_product(row.serial, row.name, row.urls, occurred_at))
-        if page is not None:
-            docs.append(page)
-            if taken >= n:
-                return docs, messages
-    last = pages.flush()
-    if last is not None:
-        docs.append(last)
-    return docs, messages
 
 
 def created_event(doc: dict[str, Any]) -> RequestCreated:
@@ -226,11 +150,13 @@ async def _withdraw(deps: Deps, request_id: str, *, unless_accepted: bool = Fals
     """Withdraw an attempt the client will not get an id for.
 
     True if it is withdrawn (now or earlier: its product pages are deleted
-    again, in case an insert landed after the first delete). False if it had
-    already finished (then it stands: the aggregator completed it), or, with
-    ``unless_accepted``, if it was accepted meanwhile.
+    again, in case an insert landed after the first delete). False if it
+    stands: it had already finished (the aggregator completed it), a retry
+    with its Idempotency-Key was answered with its id (``answered``), or, with
+    ``unless_accepted``, it was accepted meanwhile.
     """
-    query: dict[str, Any] = {"_id": request_id, "status": {"$nin": list(TERMINAL_STATUSES)}}
+    query: dict[str, Any] = {"_id": request_id, "status": {"$nin": list(TERMINAL_STATUSES)},
+                             "answered": {"$ne": True}}
     if unless_accepted:
         query["accepted"] = {"$ne": True}
     result = await deps.store.requests.update_one(query, {
@@ -247,6 +173,8 @@ async def _withdraw(deps: Deps, request_id: str, *, unless_accepted: bool = Fals
 
 
 async def _earlier(deps: Deps, key: str, sha: str) -> Accepted | None:
+    """The request an earlier upload with this Idempotency-Key made, if it
+    stands; None to go on as a new upload."""
     doc = await deps.store.requests.find_one({"idempotency_key": key})
     if doc is None:
         return None
@@ -255,14 +183,23 @@ async def _earlier(deps: Deps, key: str, sha: str) -> Accepted | None:
             "this Idempotency-Key was already used with a different file; "
             "use a new key for a new upload")
     if not doc.get("accepted"):
-        age = (now_utc() - doc["updated_at"]).total_seconds()  # a heartbeat per batch
-        if age < STALE_ATTEMPT_SECONDS:
+        last = doc.get("heartbeat_at") or doc["updated_at"]  # one per batch, database clock
+        if (await db_now(deps.store) - last).total_seconds() < STALE_ATTEMPT_SECONDS:
             raise IdempotencyConflict(
                 "an upload with this Idempotency-Key is still being accepted; "
                 "retry in a few seconds")
         if await _withdraw(deps, doc["_id"], unless_accepted=True):  # it died half-way
             return None
-        return await _earlier(deps, key, sha)  # it was accepted meanwhile after all
+        doc = await deps.store.requests.find_one({"_id": doc["_id"]}) or {}
+        if not doc.get("accepted"):
+            raise IdempotencyConflict("an upload with this Idempotency-Key is being "
+                                      "withdrawn; retry in a few seconds")
+    # Its id is about to be given out: from now on the first attempt, should it
+    # still be running and fail, must not withdraw it.
+    answered = await deps.store.requests.update_one(
+        {"_id": doc["_id"], "withdrawn": {"$ne": True}}, {"$set": {"answered": True}})
+    if not answered.matched_count:
+        return None  # withdrawn meanwhile (its key is free again): a new upload
     # Published again (idempotent for the aggregator): the first attempt may
     # have died between accepting and publishing it, leaving no completion check.
     await deps.publisher.publish(created_event(doc))

@@ -6,26 +6,32 @@ from __future__ import annotations
 import io
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import timedelta
 from typing import Any
 
 import pytest
 
-from services.ingest.handlers import Deps, _withdraw, accept_upload
+from services.ingest.handlers import Deps, IdempotencyConflict, _withdraw, accept_upload
 from services.ingest.settings import Settings
 from shared.errors import TransientError
-from shared.events import ImageRequested, decode_as
+from shared.events import ImageRequested, decode_as, now_utc
 from shared.kafka import EventPublisher, ensure_topics
-from shared.mongo import Store, make_client
+from shared.mongo import Store, db_now, make_client
 from shared.products import find_product, id_range
 from shared.topics import Topic
 
 pytestmark = pytest.mark.stack
 
 
-class HookedPublisher(EventPublisher):
-    """The real publisher; ``before_images`` runs before each image-event batch."""
+Hook = Callable[[Sequence[tuple[bytes, bytes]]], Awaitable[None]]
 
-    before_images: Callable[[Sequence[tuple[bytes, bytes]]], Awaitable[None]] | None = None
+
+class HookedPublisher(EventPublisher):
+    """The real publisher; a hook runs before each publish of image events
+    (``before_images``) or of request.created (``before_created``)."""
+
+    before_images: Hook | None = None
+    before_created: Hook | None = None
     image_events = 0
 
     async def publish_encoded(self, topic: Topic, messages: Sequence[tuple[bytes, bytes]]
@@ -34,7 +40,18 @@ class HookedPublisher(EventPublisher):
             if self.before_images is not None:
                 await self.before_images(messages)
             self.image_events += len(messages)
+        if topic is Topic.REQUEST_CREATED and self.before_created is not None:
+            await self.before_created(messages)
         await super().publish_encoded(topic, messages)
+
+
+class CountingStream(io.BytesIO):
+    bytes_read = 0
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        data = super().read(size)
+        self.bytes_read += len(data)
+        return data
 
 
 @pytest.fixture
@@ -58,12 +75,12 @@ async def deps(stack_env: dict[str, str]) -> AsyncIterator[Deps]:
         await client.close()
 
 
-def csv_of(rows: int, *, reverse: bool = False) -> io.BytesIO:
+def csv_of(rows: int, *, reverse: bool = False) -> CountingStream:
     serials = range(rows, 0, -1) if reverse else range(1, rows + 1)
     lines = ["S. No.,Product Name,Input Image Urls"] + [
         f'{i},P{i},"https://img.example/{i}/a.jpg, https://img.example/{i}/b.jpg"'
         for i in serials]
-    return io.BytesIO(("\n".join(lines) + "\n").encode())
+    return CountingStream(("\n".join(lines) + "\n").encode())
 
 
 async def accept(deps: Deps, rows: int, key: str | None = None) -> Any:
@@ -71,16 +88,21 @@ async def accept(deps: Deps, rows: int, key: str | None = None) -> Any:
                                idempotency_key=key)
 
 
-@pytest.mark.parametrize("kept", [0, 20_000], ids=["read-twice", "parsed-once"])
+@pytest.mark.parametrize("once", [False, True], ids=["read-twice", "parsed-once"])
 @pytest.mark.parametrize("rows", [1, 99, 100, 101, 250])
 async def test_every_row_is_stored_in_pages_and_every_url_published(
-        deps: Deps, rows: int, kept: int) -> None:
-    deps.settings.rows_kept_after_validation = kept
+        deps: Deps, rows: int, once: bool) -> None:
+    deps.settings.parse_once_max_bytes = 1 << 20 if once else 0
     publisher = deps.publisher
     assert isinstance(publisher, HookedPublisher)
-    accepted = await accept(deps, rows)
+    stream = csv_of(rows)
+    accepted = await accept_upload(deps, stream, filename="f.csv", webhook_url=None,
+                                   idempotency_key=None)
+    # read by the digest and by validation, and a third time only if not kept
+    assert stream.bytes_read == len(stream.getvalue()) * (2 if once else 3)
     request = await deps.store.requests.find_one({"_id": accepted.request_id})
     assert request is not None and request["accepted"] and request["serial_offset"] == 1
+    assert request["serial_buckets"] is None
     pages = [p async for p in deps.store.product_pages.find(
         {"_id": id_range(accepted.request_id)}).sort("_id", 1)]
     serials = [r["serial"] for p in pages for r in p["rows"]]
@@ -94,17 +116,19 @@ async def test_an_image_event_is_published_only_once_its_row_is_stored(deps: Dep
     assert isinstance(publisher, HookedPublisher)
     checked: list[int] = []
 
-    async def row_is_stored(messages: Sequence[tuple[bytes, bytes]]) -> None:
-        for _, value in messages[-1:]:
-            ev = decode_as(value, ImageRequested)
-            pages = deps.store.product_pages
-            assert await pages.count_documents(
-                {"_id": id_range(ev.request_id), "rows.serial": ev.serial}) == 1
-            checked.append(ev.serial)
+    async def rows_are_stored(messages: Sequence[tuple[bytes, bytes]]) -> None:
+        serials = {decode_as(value, ImageRequested).serial for _, value in messages}
+        if not serials:
+            return
+        rid = decode_as(messages[0][1], ImageRequested).request_id
+        stored = {r["serial"] async for p in deps.store.product_pages.find(
+            {"_id": id_range(rid)}) for r in p["rows"]}
+        assert serials <= stored
+        checked.extend(serials)
 
-    publisher.before_images = row_is_stored
+    publisher.before_images = rows_are_stored
     await accept(deps, 1000)
-    assert len(checked) >= 3 and checked[-1] == 1000
+    assert sorted(checked) == list(range(1, 1001))
 
 
 async def test_an_upload_withdrawn_by_a_retry_while_being_accepted_is_not_answered_202(
@@ -128,6 +152,64 @@ async def test_an_upload_withdrawn_by_a_retry_while_being_accepted_is_not_answer
     request = await deps.store.requests.find_one({"_id": seen[0]})
     assert request is not None and request["withdrawn"] and not request["accepted"]
     assert await deps.store.product_pages.count_documents({"_id": id_range(seen[0])}) == 0
+    assert publisher.image_events < 2 * 250  # it stopped publishing once withdrawn
+
+
+async def test_an_id_given_to_a_retry_is_never_withdrawn_by_the_first_attempt(
+        deps: Deps) -> None:
+    """The first attempt is accepted but cannot publish request.created; a retry
+    with the same key, meanwhile, is answered 202 with its id. The first attempt
+    must then not withdraw it: it answers with the same id."""
+    publisher = deps.publisher
+    assert isinstance(publisher, HookedPublisher)
+    retried: list[Any] = []
+
+    async def retry_then_fail(messages: Sequence[tuple[bytes, bytes]]) -> None:
+        if retried:
+            return  # the retry's own publish goes through
+        retried.append(None)
+        retried.append(await accept(deps, 3, key="k2"))
+        raise TransientError("broker away", code="kafka_error")
+
+    publisher.before_created = retry_then_fail
+    first = await accept(deps, 3, key="k2")
+    assert first.request_id == retried[1].request_id
+    request = await deps.store.requests.find_one({"_id": first.request_id})
+    assert request is not None and request["accepted"] and not request.get("withdrawn")
+    assert await deps.store.product_pages.count_documents(
+        {"_id": id_range(first.request_id)}) == 1
+
+
+async def test_staleness_is_judged_on_the_database_clock(
+        deps: Deps, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A retry whose host clock runs an hour ahead must not take a live attempt
+    for dead; one that finds no heartbeat for 10 minutes (database clock) does."""
+    publisher = deps.publisher
+    assert isinstance(publisher, HookedPublisher)
+    answers: list[Any] = []
+
+    async def retry(messages: Sequence[tuple[bytes, bytes]]) -> None:
+        if answers:
+            return
+        fast = now_utc() + timedelta(hours=1)
+        with monkeypatch.context() as m:
+            m.setattr("services.ingest.handlers.now_utc", lambda: fast)
+            try:
+                await accept(deps, 3, key="k3")
+            except IdempotencyConflict as exc:
+                answers.append(exc)
+
+    publisher.before_images = retry
+    first = await accept(deps, 3, key="k3")
+    assert isinstance(answers[0], IdempotencyConflict)  # "still being accepted"
+    # Now make the (accepted) first attempt look like a dead, unaccepted one.
+    await deps.store.requests.update_one({"_id": first.request_id}, {"$set": {
+        "accepted": False, "heartbeat_at": await db_now(deps.store) - timedelta(minutes=11)}})
+    publisher.before_images = None
+    again = await accept(deps, 3, key="k3")
+    assert again.request_id != first.request_id
+    old = await deps.store.requests.find_one({"_id": first.request_id})
+    assert old is not None and old["withdrawn"]
 
 
 async def test_a_stale_attempt_accepted_meanwhile_is_not_withdrawn(deps: Deps) -> None:

@@ -152,3 +152,26 @@ def test_products_are_paged_in_input_order_across_page_boundaries(pipeline: Pipe
     broken = httpx.get(url, params={"offset": 0, "limit": 1000})
     assert broken.status_code == 500
     assert broken.json()["detail"]["code"] == "product_rows_missing"
+
+
+def test_a_finished_request_missing_rows_gets_a_500_not_a_cut_off_csv(
+        pipeline: Pipeline) -> None:
+    rows = "".join(f"{i},P{i},https://img.invalid/{i}.jpg\n" for i in range(1, 4))
+    resp = upload(pipeline, "S. No.,Product Name,Input Image Urls\n" + rows)
+    assert resp.status_code == 202, resp.text
+    rid = resp.json()["request_id"]
+    status: dict[str, Any] = {}
+    deadline = time.monotonic() + 120
+    while status.get("status") not in ("COMPLETED", "COMPLETED_WITH_ERRORS", "FAILED"):
+        assert time.monotonic() < deadline, status
+        time.sleep(0.3)
+        status = httpx.get(f"{pipeline.status_url}/api/v1/requests/{rid}").json()
+    csv_url = f"{pipeline.status_url}/api/v1/requests/{rid}/output.csv"
+    assert httpx.get(csv_url).status_code == 200
+    client: MongoClient[dict[str, Any]]
+    with MongoClient(pipeline.env["IMGPIPE_MONGO_URI"]) as client:
+        db: Database[dict[str, Any]] = client[pipeline.env.get("IMGPIPE_MONGO_DB", "imgpipe")]
+        assert db["product_pages"].delete_one({"_id": page_id(rid, 0)}).deleted_count == 1
+    broken = httpx.get(csv_url)
+    assert broken.status_code == 500
+    assert broken.json()["detail"]["code"] == "product_rows_missing"

@@ -10,7 +10,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import IO, Any
 
 import aiohttp
@@ -205,6 +205,29 @@ async def test_leases_follow_the_database_clock_not_the_hosts(
     with pytest.raises(TransientError):
         await on_request_completed(env.deps, ev)
     assert env.server.received == []
+
+
+async def test_a_lease_is_taken_on_the_database_clock(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the database's clock an hour behind the host's, the lease written
+    must be an hour behind too: it comes from the database's clock."""
+    real_db_now = db_now
+
+    async def db_behind(store: Store) -> datetime:
+        return await real_db_now(store) - timedelta(hours=1)
+
+    monkeypatch.setattr("services.notifier.handlers.db_now", db_behind)
+    ev = await env.request()
+    env.server.delays["hook"] = 1.0
+    task = asyncio.ensure_future(on_request_completed(env.deps, ev))
+    lease = None
+    async with asyncio.timeout(10):
+        while lease is None:
+            await asyncio.sleep(0.02)
+            lease = (await env.hook(ev)).get("lease_until")
+    assert lease < now_utc() - timedelta(minutes=50)
+    await task
+    assert (await env.hook(ev))["status"] == "delivered"
 
 
 async def test_a_request_whose_rows_are_missing_is_not_notified_and_says_why(

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.ingest.csvparse import ProductRow
-from services.ingest.handlers import _prepare
+from services.ingest.enqueue import _prepare
 from shared.events import (
     ImageRequested,
     ImageRequestedEncoder,

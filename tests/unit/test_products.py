@@ -9,7 +9,14 @@ import bson
 import pytest
 
 from services.ingest.csvparse import iter_products, validate
-from shared.products import MAX_PAGE_BYTES, MAX_PAGE_ROWS, PageBuilder, page_id, rows_per_page
+from shared.products import (
+    MAX_PAGE_BYTES,
+    MAX_PAGE_ROWS,
+    PageBuilder,
+    page_id,
+    rows_per_page,
+    serial_bucket,
+)
 
 
 def build(serials: list[int], page_rows: int) -> tuple[PageBuilder, list[dict[str, Any]]]:
@@ -54,7 +61,7 @@ def test_the_serial_directory_maps_every_serial_to_its_row(
     assert [d["_id"] for d in docs] == [page_id("rid", b) for b in range(4)]
     found = {int(k): (row, d["_id"]) for d in docs for k, row in d["rows"].items()}
     assert {s: row for s, (row, _) in found.items()} == {s: r for r, s in enumerate(serials)}
-    assert all(doc_id == page_id("rid", s % 4) for s, (_, doc_id) in found.items())
+    assert all(doc_id == page_id("rid", serial_bucket(s, 4)) for s, (_, doc_id) in found.items())
     assert build([1, 2, 3], 2)[0].serial_docs() == []
 
 
@@ -99,3 +106,12 @@ def test_ordinary_files_get_full_pages() -> None:
     page_rows, size = page_bytes(text)
     assert page_rows == MAX_PAGE_ROWS and size < 64 * 1024
     assert rows_per_page(0) == MAX_PAGE_ROWS and rows_per_page(MAX_PAGE_BYTES * 2) == 1
+
+
+@pytest.mark.parametrize("step", [1, 7, 10, 100, 1000, 20, 40, 2**32])
+def test_serials_spread_evenly_over_the_directory_whatever_their_step(step: int) -> None:
+    buckets, n = 20, 20_000
+    sizes = [0] * buckets
+    for i in range(1, n + 1):
+        sizes[serial_bucket(i * step, buckets)] += 1
+    assert max(sizes) < 1.2 * n / buckets
