@@ -63,7 +63,7 @@ class CsvIssue:
         return asdict(self)
 
 
-@dataclass
+@dataclass(slots=True)
 class ProductRow:
     """One valid data row. ``urls`` are in cell order, trimmed, empty items dropped."""
 

@@ -27,7 +27,8 @@ async def heartbeat(store: Store, request_id: str) -> None:
     (``heartbeat_at``, on the database's clock); raise ``Withdrawn`` if a retry
     has already given up on it, so it stops publishing at once."""
     beat = await store.requests.update_one(
-        {"_id": request_id, "withdrawn": {"$ne": True}}, [{"$set": {"heartbeat_at": "$$NOW"}}])
+        {"_id": request_id, "withdrawn": {"$ne": True}},
+        [{"$set": {"heartbeat_at": "$$NOW", "updated_at": "$$NOW"}}])
     if not beat.matched_count:
         raise Withdrawn("this upload was withdrawn while it was being accepted")
 
@@ -43,6 +44,7 @@ async def store_and_publish(store: Store, publisher: EventPublisher, limits: Csv
     publish of the batch before it (whose pages are stored); at most two
     batches are in flight. An event goes out only once its row is stored, so a
     fast external processor's callback always finds the row it reports on.
+    Before each batch the heartbeat checks the attempt was not withdrawn.
 
     The first batch is small (``FIRST_BATCH`` rows, ready in a few ms) so the
     writes start at once; each next one is twice the size, up to ``batch`` rows.
@@ -54,7 +56,7 @@ async def store_and_publish(store: Store, publisher: EventPublisher, limits: Csv
         rows = iter_products(stream, limits)
     encoder = ImageRequestedEncoder(pages.request_id)
     size = min(FIRST_BATCH, batch)
-    in_flight: asyncio.Future[Any] | None = None
+    in_flight: list[asyncio.Task[Any]] = []
     stored: list[tuple[bytes, bytes]] = []  # events whose rows are stored, to publish
     try:
         while True:
@@ -62,23 +64,38 @@ async def store_and_publish(store: Store, publisher: EventPublisher, limits: Csv
             if not docs:
                 break
             size = min(size * 2, batch)
-            if in_flight is not None:
-                await in_flight
-            in_flight = asyncio.gather(
-                store.product_pages.insert_many(docs, ordered=False),
-                publisher.publish_encoded(Topic.IMAGE_REQUESTED, stored),
-                heartbeat(store, pages.request_id))
+            await _settle(in_flight)
+            # Checked before anything more goes out: a withdrawn attempt stops
+            # here, at most one batch after the withdraw.
+            await heartbeat(store, pages.request_id)
+            in_flight = [
+                asyncio.ensure_future(store.product_pages.insert_many(docs, ordered=False)),
+                asyncio.ensure_future(publisher.publish_encoded(Topic.IMAGE_REQUESTED, stored)),
+            ]
             stored = messages
-        if in_flight is not None:
-            await in_flight
+        await _settle(in_flight)
+        await heartbeat(store, pages.request_id)
         await publisher.publish_encoded(Topic.IMAGE_REQUESTED, stored)
         if directory := pages.serial_docs():
             await store.product_serials.insert_many(directory, ordered=False)
-    except BaseException:
-        if in_flight is not None:
-            in_flight.cancel()
-            await asyncio.gather(in_flight, return_exceptions=True)
+    except Exception:
+        # Let writes already sent finish (a server runs them anyway), so the
+        # caller's withdraw deletes what they stored rather than racing them.
+        await asyncio.gather(*in_flight, return_exceptions=True)
         raise
+    except BaseException:  # cancelled: stop what is ours to stop
+        for task in in_flight:
+            task.cancel()
+        await asyncio.gather(*in_flight, return_exceptions=True)
+        raise
+
+
+async def _settle(tasks: list[asyncio.Task[Any]]) -> None:
+    """Wait for every task; then raise the first error, if any."""
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
 
 
 def _prepare(pages: PageBuilder, encoder: ImageRequestedEncoder, rows: Iterator[ProductRow],

@@ -83,7 +83,7 @@ async def accept_upload(deps: Deps, stream: BinaryIO, *, filename: str | None,
             return earlier
     size = stream.seek(0, io.SEEK_END)
     stream.seek(0)
-    keep = s.max_rows if size <= s.parse_once_max_bytes else 0  # parsed once if small
+    keep = s.parse_once_max_rows if size <= s.parse_once_max_bytes else 0  # parsed once
     report = await asyncio.to_thread(validate, stream, s.csv_limits(), keep_rows=keep)
     if not report.ok:
         raise CsvRejected(report)
@@ -108,7 +108,8 @@ async def accept_upload(deps: Deps, stream: BinaryIO, *, filename: str | None,
         earlier = await _earlier(deps, idempotency_key or "", sha)
         if earlier:
             return earlier
-        raise
+        raise IdempotencyConflict(  # and was withdrawn meanwhile: the key is free again
+            "an upload with this Idempotency-Key was just withdrawn; retry") from None
     try:
         pages = PageBuilder(request_id, doc["page_rows"])
         await store_and_publish(deps.store, deps.publisher, s.csv_limits(), s.publish_batch,
@@ -194,15 +195,17 @@ async def _earlier(deps: Deps, key: str, sha: str) -> Accepted | None:
         if not doc.get("accepted"):
             raise IdempotencyConflict("an upload with this Idempotency-Key is being "
                                       "withdrawn; retry in a few seconds")
-    # Its id is about to be given out: from now on the first attempt, should it
-    # still be running and fail, must not withdraw it.
-    answered = await deps.store.requests.update_one(
-        {"_id": doc["_id"], "withdrawn": {"$ne": True}}, {"$set": {"answered": True}})
-    if not answered.matched_count:
-        return None  # withdrawn meanwhile (its key is free again): a new upload
     # Published again (idempotent for the aggregator): the first attempt may
     # have died between accepting and publishing it, leaving no completion check.
     await deps.publisher.publish(created_event(doc))
+    # Its id is about to be given out, with its request.created acknowledged:
+    # from now on the first attempt, should it still be running and fail, must
+    # not withdraw it.
+    answered = await deps.store.requests.update_one(
+        {"_id": doc["_id"], "accepted": True, "withdrawn": {"$ne": True}},
+        {"$set": {"answered": True}})
+    if not answered.matched_count:
+        return None  # withdrawn meanwhile (its key is free again): a new upload
     return Accepted(doc["_id"], doc["product_count"], doc["image_count"],
                     [CsvIssue(**w) for w in doc.get("warnings") or []],
                     doc.get("warning_count", 0))

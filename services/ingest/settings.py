@@ -15,10 +15,11 @@ class Settings(CommonSettings):
     # Check webhook URLs (scheme, port, resolved addresses) at upload time.
     check_webhook_dns: bool = True
     publish_batch: int = 2000
-    # An upload of at most this many bytes is parsed once: its rows stay in
-    # memory (a few times the file's size) until accepted. A larger one is
-    # validated, then read again, streaming.
+    # An upload of at most this many bytes and rows is parsed once: its rows
+    # stay in memory (~0.3 KB a row plus its text) until accepted. A larger one
+    # is validated, then read again, streaming.
     parse_once_max_bytes: int = 4 * 1024 * 1024
+    parse_once_max_rows: int = 20_000
     # Signed callbacks from an external image-processing service; empty = disabled.
     callback_secret: str = ""
     callback_tolerance_seconds: float = 300.0

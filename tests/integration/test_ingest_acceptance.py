@@ -131,13 +131,16 @@ async def test_an_image_event_is_published_only_once_its_row_is_stored(deps: Dep
     assert sorted(checked) == list(range(1, 1001))
 
 
+@pytest.mark.parametrize("rows", [150, 1000])
 async def test_an_upload_withdrawn_by_a_retry_while_being_accepted_is_not_answered_202(
-        deps: Deps) -> None:
+        deps: Deps, rows: int) -> None:
     """A retry (same Idempotency-Key) decided this attempt was dead and withdrew it;
-    the attempt then resumes: the client must get an error, and no pages remain."""
+    the attempt then resumes: it publishes nothing more, the client gets an
+    error, and no pages remain (also none from inserts that were in flight)."""
     publisher = deps.publisher
     assert isinstance(publisher, HookedPublisher)
     seen: list[str] = []
+    published_by_then: list[int] = []
 
     async def withdraw_it(messages: Sequence[tuple[bytes, bytes]]) -> None:
         if not seen:
@@ -145,14 +148,16 @@ async def test_an_upload_withdrawn_by_a_retry_while_being_accepted_is_not_answer
             assert doc is not None
             seen.append(doc["_id"])
             assert await _withdraw(deps, doc["_id"], unless_accepted=True)
+            # this publish was let through before the withdraw: nothing after it
+            published_by_then.append(publisher.image_events + len(messages))
 
     publisher.before_images = withdraw_it
     with pytest.raises(TransientError):
-        await accept(deps, 250, key="k1")
+        await accept(deps, rows, key="k1")
+    assert publisher.image_events == published_by_then[0] < 2 * rows
     request = await deps.store.requests.find_one({"_id": seen[0]})
     assert request is not None and request["withdrawn"] and not request["accepted"]
     assert await deps.store.product_pages.count_documents({"_id": id_range(seen[0])}) == 0
-    assert publisher.image_events < 2 * 250  # it stopped publishing once withdrawn
 
 
 async def test_an_id_given_to_a_retry_is_never_withdrawn_by_the_first_attempt(
@@ -178,6 +183,48 @@ async def test_an_id_given_to_a_retry_is_never_withdrawn_by_the_first_attempt(
     assert request is not None and request["accepted"] and not request.get("withdrawn")
     assert await deps.store.product_pages.count_documents(
         {"_id": id_range(first.request_id)}) == 1
+
+
+async def test_a_retry_whose_own_publish_fails_gives_no_id_and_the_upload_is_withdrawn(
+        deps: Deps) -> None:
+    """request.created fails for both the first attempt and the retry: neither
+    client gets an id, so the request must not stand (it would never finish)."""
+    publisher = deps.publisher
+    assert isinstance(publisher, HookedPublisher)
+    retry_failed: list[Exception] = []
+    retried: list[bool] = []
+
+    async def broker_away(messages: Sequence[tuple[bytes, bytes]]) -> None:
+        if not retried:  # the first attempt's publish: a retry arrives meanwhile
+            retried.append(True)
+            try:
+                await accept(deps, 3, key="k4")
+            except TransientError as exc:
+                retry_failed.append(exc)
+        raise TransientError("broker away", code="kafka_error")
+
+    publisher.before_created = broker_away
+    with pytest.raises(TransientError):
+        await accept(deps, 3, key="k4")
+    assert len(retry_failed) == 1
+    requests = [r async for r in deps.store.requests.find({})]
+    assert len(requests) == 1 and requests[0]["withdrawn"] and not requests[0]["accepted"]
+    assert not requests[0].get("answered")
+
+
+async def test_the_heartbeat_moves_on_with_every_batch(deps: Deps) -> None:
+    publisher = deps.publisher
+    assert isinstance(publisher, HookedPublisher)
+    beats: list[Any] = []
+
+    async def record(messages: Sequence[tuple[bytes, bytes]]) -> None:
+        doc = await deps.store.requests.find_one({}, {"heartbeat_at": 1})
+        assert doc is not None
+        beats.append(doc["heartbeat_at"])
+
+    publisher.before_images = record
+    await accept(deps, 1000)
+    assert len(beats) >= 4 and beats == sorted(beats) and beats[-1] > beats[0]
 
 
 async def test_staleness_is_judged_on_the_database_clock(
