@@ -150,7 +150,7 @@ async def iter_products(store: Store, request: dict[str, Any], *, start: int = 0
     for page_start in range(start - start % page_rows, end, page_rows):
         page = await store.product_pages.find_one({"_id": page_id(rid, page_start)})
         if page is None:  # never silently short: a CSV missing rows would look complete
-            raise _missing(rid, f"product page {page_id(rid, page_start)!r} is")
+            raise _missing(rid, f"product page {page_id(rid, page_start)!r} is not in MongoDB")
         skip = max(0, start - page_start)
         rows = page["rows"][skip:end - page_start]
         outputs = await _outputs(store, rid, rows)
@@ -164,14 +164,14 @@ async def iter_products(store: Store, request: dict[str, Any], *, start: int = 0
 
 def _page_rows(request: dict[str, Any]) -> int:
     if not request.get("page_rows"):  # re-created from events: ingest's rows are not here
-        raise _missing(request["_id"], "its product rows are")
+        raise _missing(request["_id"], "its product rows are not in MongoDB")
     return int(request["page_rows"])
 
 
 def _missing(request_id: str, what: str) -> PermanentError:
     return PermanentError(
-        f"request {request_id}: {what} not in MongoDB; was the request withdrawn, or the "
-        "database restored without its product pages?", code="product_rows_missing")
+        f"request {request_id}: {what}; was the request withdrawn, or the database restored "
+        "without its product pages?", code="product_rows_missing")
 
 
 async def check_complete(store: Store, request: dict[str, Any]) -> None:
@@ -184,7 +184,8 @@ async def check_complete(store: Store, request: dict[str, Any]) -> None:
     stored = await store.product_pages.count_documents({"_id": id_range(request["_id"])})
     expected = -(-count // page_rows)
     if stored < expected:
-        raise _missing(request["_id"], f"only {stored} of its {expected} product pages are")
+        raise _missing(request["_id"],
+                       f"only {stored} of its {expected} product pages are in MongoDB")
 
 
 async def find_product(store: Store, request: dict[str, Any],
