@@ -14,7 +14,7 @@ one source of truth.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,14 +123,16 @@ class PageBuilder:
 
 
 async def _outputs(store: Store, request_id: str,
-                   rows: Iterable[dict[str, Any]]) -> dict[str, str | None]:
-    """Output URL (None if failed) of every recorded image of these rows."""
-    ids = [position_id(request_id, r["serial"], i)
-           for r in rows for i in range(len(r["input_urls"]))]
+                   rows: list[dict[str, Any]]) -> list[list[str | None]]:
+    """Each row's output URLs by position, as far as recorded (None: not
+    processed yet, or failed), with one query for all of them."""
+    ids = [[position_id(request_id, r["serial"], i) for i in range(len(r["input_urls"]))]
+           for r in rows]
     found: dict[str, str | None] = {}
-    async for img in store.images.find({"_id": {"$in": ids}}, {"status": 1, "output_url": 1}):
+    async for img in store.images.find({"_id": {"$in": [i for row in ids for i in row]}},
+                                       {"status": 1, "output_url": 1}):
         found[img["_id"]] = img.get("output_url") if img.get("status") == "succeeded" else None
-    return found
+    return [[found.get(i) for i in row] for row in ids]
 
 
 async def iter_products(store: Store, request: dict[str, Any], *, start: int = 0,
@@ -154,12 +156,9 @@ async def iter_products(store: Store, request: dict[str, Any], *, start: int = 0
         skip = max(0, start - page_start)
         rows = page["rows"][skip:end - page_start]
         outputs = await _outputs(store, rid, rows)
-        for k, r in enumerate(rows, start=page_start + skip):
-            yield Product(
-                row=k, serial=r["serial"],
-                name=r["name"], input_urls=r["input_urls"],
-                output_urls=[outputs.get(position_id(rid, r["serial"], i))
-                             for i in range(len(r["input_urls"]))])
+        for k, (r, out) in enumerate(zip(rows, outputs, strict=True), start=page_start + skip):
+            yield Product(row=k, serial=r["serial"], name=r["name"], input_urls=r["input_urls"],
+                          output_urls=out)
 
 
 def _page_rows(request: dict[str, Any]) -> int:

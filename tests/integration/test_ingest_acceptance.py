@@ -75,6 +75,19 @@ async def deps(stack_env: dict[str, str]) -> AsyncIterator[Deps]:
         await client.close()
 
 
+@pytest.fixture
+def publisher(deps: Deps) -> HookedPublisher:
+    assert isinstance(deps.publisher, HookedPublisher)
+    return deps.publisher
+
+
+async def assert_stands(deps: Deps, request_id: str) -> None:
+    """Accepted, not withdrawn, its product page stored."""
+    request = await deps.store.requests.find_one({"_id": request_id})
+    assert request is not None and request["accepted"] and not request.get("withdrawn")
+    assert await deps.store.product_pages.count_documents({"_id": id_range(request_id)}) == 1
+
+
 def csv_of(rows: int, *, reverse: bool = False) -> CountingStream:
     serials = range(rows, 0, -1) if reverse else range(1, rows + 1)
     lines = ["S. No.,Product Name,Input Image Urls"] + [
@@ -91,10 +104,8 @@ async def accept(deps: Deps, rows: int, key: str | None = None) -> Any:
 @pytest.mark.parametrize("once", [False, True], ids=["read-twice", "parsed-once"])
 @pytest.mark.parametrize("rows", [1, 99, 100, 101, 250])
 async def test_every_row_is_stored_in_pages_and_every_url_published(
-        deps: Deps, rows: int, once: bool) -> None:
+        deps: Deps, publisher: HookedPublisher, rows: int, once: bool) -> None:
     deps.settings.parse_once_max_bytes = 1 << 20 if once else 0
-    publisher = deps.publisher
-    assert isinstance(publisher, HookedPublisher)
     stream = csv_of(rows)
     accepted = await accept_upload(deps, stream, filename="f.csv", webhook_url=None,
                                    idempotency_key=None)
@@ -111,9 +122,8 @@ async def test_every_row_is_stored_in_pages_and_every_url_published(
     assert publisher.image_events == 2 * rows
 
 
-async def test_an_image_event_is_published_only_once_its_row_is_stored(deps: Deps) -> None:
-    publisher = deps.publisher
-    assert isinstance(publisher, HookedPublisher)
+async def test_an_image_event_is_published_only_once_its_row_is_stored(
+        deps: Deps, publisher: HookedPublisher) -> None:
     checked: list[int] = []
 
     async def rows_are_stored(messages: Sequence[tuple[bytes, bytes]]) -> None:
@@ -133,12 +143,10 @@ async def test_an_image_event_is_published_only_once_its_row_is_stored(deps: Dep
 
 @pytest.mark.parametrize("rows", [150, 1000])
 async def test_an_upload_withdrawn_by_a_retry_while_being_accepted_is_not_answered_202(
-        deps: Deps, rows: int) -> None:
+        deps: Deps, publisher: HookedPublisher, rows: int) -> None:
     """A retry (same Idempotency-Key) decided this attempt was dead and withdrew it;
     the attempt then resumes: it publishes nothing more, the client gets an
     error, and no pages remain (also none from inserts that were in flight)."""
-    publisher = deps.publisher
-    assert isinstance(publisher, HookedPublisher)
     seen: list[str] = []
     published_by_then: list[int] = []
 
@@ -161,12 +169,10 @@ async def test_an_upload_withdrawn_by_a_retry_while_being_accepted_is_not_answer
 
 
 async def test_an_id_given_to_a_retry_is_never_withdrawn_by_the_first_attempt(
-        deps: Deps) -> None:
+        deps: Deps, publisher: HookedPublisher) -> None:
     """The first attempt is accepted but cannot publish request.created; a retry
     with the same key, meanwhile, is answered 202 with its id. The first attempt
     must then not withdraw it: it answers with the same id."""
-    publisher = deps.publisher
-    assert isinstance(publisher, HookedPublisher)
     retried: list[Any] = []
 
     async def retry_then_fail(messages: Sequence[tuple[bytes, bytes]]) -> None:
@@ -179,18 +185,13 @@ async def test_an_id_given_to_a_retry_is_never_withdrawn_by_the_first_attempt(
     publisher.before_created = retry_then_fail
     first = await accept(deps, 3, key="k2")
     assert first.request_id == retried[1].request_id
-    request = await deps.store.requests.find_one({"_id": first.request_id})
-    assert request is not None and request["accepted"] and not request.get("withdrawn")
-    assert await deps.store.product_pages.count_documents(
-        {"_id": id_range(first.request_id)}) == 1
+    await assert_stands(deps, first.request_id)
 
 
 async def test_a_retry_whose_own_publish_fails_gives_no_id_and_the_upload_is_withdrawn(
-        deps: Deps) -> None:
+        deps: Deps, publisher: HookedPublisher) -> None:
     """request.created fails for both the first attempt and the retry: neither
     client gets an id, so the request must not stand (it would never finish)."""
-    publisher = deps.publisher
-    assert isinstance(publisher, HookedPublisher)
     retry_failed: list[Exception] = []
     retried: list[bool] = []
 
@@ -212,9 +213,8 @@ async def test_a_retry_whose_own_publish_fails_gives_no_id_and_the_upload_is_wit
     assert not requests[0].get("answered")
 
 
-async def test_the_heartbeat_moves_on_with_every_batch(deps: Deps) -> None:
-    publisher = deps.publisher
-    assert isinstance(publisher, HookedPublisher)
+async def test_the_heartbeat_moves_on_with_every_batch(
+        deps: Deps, publisher: HookedPublisher) -> None:
     beats: list[Any] = []
 
     async def record(messages: Sequence[tuple[bytes, bytes]]) -> None:
@@ -228,11 +228,9 @@ async def test_the_heartbeat_moves_on_with_every_batch(deps: Deps) -> None:
 
 
 async def test_staleness_is_judged_on_the_database_clock(
-        deps: Deps, monkeypatch: pytest.MonkeyPatch) -> None:
+        deps: Deps, publisher: HookedPublisher, monkeypatch: pytest.MonkeyPatch) -> None:
     """A retry whose host clock runs an hour ahead must not take a live attempt
     for dead; one that finds no heartbeat for 10 minutes (database clock) does."""
-    publisher = deps.publisher
-    assert isinstance(publisher, HookedPublisher)
     answers: list[Any] = []
 
     async def retry(messages: Sequence[tuple[bytes, bytes]]) -> None:
@@ -262,10 +260,7 @@ async def test_staleness_is_judged_on_the_database_clock(
 async def test_a_stale_attempt_accepted_meanwhile_is_not_withdrawn(deps: Deps) -> None:
     accepted = await accept(deps, 3)
     assert not await _withdraw(deps, accepted.request_id, unless_accepted=True)
-    request = await deps.store.requests.find_one({"_id": accepted.request_id})
-    assert request is not None and request["accepted"] and not request.get("withdrawn")
-    assert await deps.store.product_pages.count_documents(
-        {"_id": id_range(accepted.request_id)}) == 1
+    await assert_stands(deps, accepted.request_id)
 
 
 async def test_serials_that_do_not_follow_rows_get_a_directory_removed_on_withdraw(

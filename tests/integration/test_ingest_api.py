@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,14 @@ CORPUS = Path(__file__).resolve().parents[1] / "data" / "csv"
 MANIFEST: dict[str, dict[str, Any]] = json.loads((CORPUS / "expected.json").read_text())
 # Files whose expectations use non-default limits are covered by the unit tests.
 DEFAULT_LIMIT_CASES = sorted(n for n, e in MANIFEST.items() if not e.get("limits"))
+
+
+@contextmanager
+def database(p: Pipeline) -> Iterator[Database[dict[str, Any]]]:
+    """The pipeline's MongoDB database, for checks the APIs do not show."""
+    client: MongoClient[dict[str, Any]]
+    with MongoClient(p.env["IMGPIPE_MONGO_URI"]) as client:
+        yield client[p.env.get("IMGPIPE_MONGO_DB", "imgpipe")]
 
 
 def upload(p: Pipeline, body: bytes | str, *, name: str = "p.csv", ctype: str = "text/csv",
@@ -142,9 +152,7 @@ def test_products_are_paged_in_input_order_across_page_boundaries(pipeline: Pipe
         80, "P80", ["https://img.example/80.jpg"], 1)
 
     # A product page lost from the database is an error, never a shorter list.
-    client: MongoClient[dict[str, Any]]
-    with MongoClient(pipeline.env["IMGPIPE_MONGO_URI"]) as client:
-        db: Database[dict[str, Any]] = client[pipeline.env.get("IMGPIPE_MONGO_DB", "imgpipe")]
+    with database(pipeline) as db:
         request = db["requests"].find_one({"_id": rid})
         assert request is not None and request["serial_offset"] == 1
         pages = db["product_pages"]
@@ -168,9 +176,7 @@ def test_a_finished_request_missing_rows_gets_a_500_not_a_cut_off_csv(
         status = httpx.get(f"{pipeline.status_url}/api/v1/requests/{rid}").json()
     csv_url = f"{pipeline.status_url}/api/v1/requests/{rid}/output.csv"
     assert httpx.get(csv_url).status_code == 200
-    client: MongoClient[dict[str, Any]]
-    with MongoClient(pipeline.env["IMGPIPE_MONGO_URI"]) as client:
-        db: Database[dict[str, Any]] = client[pipeline.env.get("IMGPIPE_MONGO_DB", "imgpipe")]
+    with database(pipeline) as db:
         assert db["product_pages"].delete_one({"_id": page_id(rid, 0)}).deleted_count == 1
     broken = httpx.get(csv_url)
     assert broken.status_code == 500
