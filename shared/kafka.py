@@ -1,8 +1,12 @@
 """Kafka clients: topic creation, an acknowledged event publisher, consumers.
 
-Producers use ``acks="all"`` and never the idempotent/transactional mode:
-correctness comes from idempotent consumers (every consumer sees
-at-least-once delivery), not from broker-side exactly-once.
+Producers use ``acks="all"`` and, on Apache Kafka, the idempotent mode
+(``IMGPIPE_KAFKA_IDEMPOTENCE``; Tansu has no idempotent producer, so its local
+stack turns it off): a producer's own retries then never duplicate or reorder
+a partition's messages. Correctness still comes from idempotent consumers
+(every consumer sees at-least-once delivery: a crash between a handler's
+effects and its commit redelivers), never from broker-side exactly-once, so
+both brokers stay correct.
 """
 
 from __future__ import annotations
@@ -22,28 +26,66 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from shared.errors import TransientError
 from shared.events import TOPIC_OF, _Event, event_key
 from shared.settings import CommonSettings
-from shared.topics import Topic, all_topics
+from shared.topics import Topic
 
 log = logging.getLogger(__name__)
 
 
-async def ensure_topics(settings: CommonSettings, names: Iterable[str] | None = None) -> None:
-    """Create the project's topics if missing (idempotent)."""
+def topic_configs(settings: CommonSettings, topic: Topic) -> dict[str, str]:
+    """The explicit configs every imgpipe topic is created with (docs/deploy.md):
+    time-based retention long enough to replay from, and the durability floor
+    (``min.insync.replicas``; 2 with replication factor 3 in production)."""
+    hours = (settings.dead_letter_retention_hours if topic is Topic.DEAD_LETTER
+             else settings.topic_retention_hours)
+    return {
+        "cleanup.policy": "delete",
+        "retention.ms": str(int(hours * 3600 * 1000)),
+        "min.insync.replicas": str(settings.topic_min_insync_replicas),
+    }
+
+
+async def ensure_topics(settings: CommonSettings, topics: Iterable[Topic] | None = None) -> None:
+    """Create the project's topics if missing (idempotent), with explicit
+    partitions, replication factor and configs. An existing topic is left as
+    it is (a smaller partition count than configured is logged: adding
+    partitions would move keys, so it is an operator's decision)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     await admin.start()
     try:
-        existing = set(await admin.list_topics())
-        wanted = [n for n in (names or all_topics(settings.topic_prefix)) if n not in existing]
-        for name in wanted:
+        wanted = {t.full(settings.topic_prefix): t for t in (topics or list(Topic))}
+        existing = {t["topic"]: len(t["partitions"])
+                    for t in await admin.describe_topics(list(wanted)) if t["error_code"] == 0}
+        for name, topic in wanted.items():
+            if name in existing:
+                if existing[name] < settings.topic_partitions:
+                    log.warning("topic %s has %s partitions, fewer than the %s configured "
+                                "(IMGPIPE_TOPIC_PARTITIONS): at most %s consumers of it work",
+                                name, existing[name], settings.topic_partitions, existing[name])
+                continue
             try:
-                await admin.create_topics(
-                    [NewTopic(name, num_partitions=settings.topic_partitions, replication_factor=1)]
-                )
+                await admin.create_topics([NewTopic(
+                    name, num_partitions=settings.topic_partitions,
+                    replication_factor=settings.topic_replication_factor,
+                    topic_configs=topic_configs(settings, topic))])
                 log.info("created topic %s", name)
             except TopicAlreadyExistsError:
                 pass
     finally:
         await admin.close()
+
+
+async def topic_partitions(settings: CommonSettings, name: str) -> list[int]:
+    """The partition ids of a topic, from a fresh metadata request ([] if it
+    does not exist)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        [found] = await admin.describe_topics([name])
+    finally:
+        await admin.close()
+    if found["error_code"] != 0:
+        return []
+    return sorted(p["partition"] for p in found["partitions"])
 
 
 def key_partitioner(key: bytes | None, all_partitions: list[int],
@@ -67,7 +109,7 @@ class EventPublisher:
             bootstrap_servers=settings.kafka_bootstrap,
             client_id=client_id,
             acks="all",
-            enable_idempotence=False,
+            enable_idempotence=settings.kafka_idempotence,
             linger_ms=5,
             max_batch_size=256 * 1024,
             request_timeout_ms=30_000,

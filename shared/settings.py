@@ -18,7 +18,15 @@ class CommonSettings(BaseSettings):
     # Kafka API
     kafka_bootstrap: str = "127.0.0.1:9092"
     topic_prefix: str = "imgpipe"
+    # Topics are created with these (docs/deploy.md); an existing topic is kept.
+    # Partitions bound how many processors share the work: size for the most.
     topic_partitions: int = 8
+    topic_replication_factor: int = 1  # production: 3
+    topic_min_insync_replicas: int = 1  # production: 2
+    topic_retention_hours: float = 168.0  # how far back a replay can reach
+    dead_letter_retention_hours: float = 720.0
+    # Idempotent producers (Apache Kafka). Tansu has none: its local stack sets false.
+    kafka_idempotence: bool = True
 
     # MongoDB API
     mongo_uri: str = "mongodb://127.0.0.1:27017"

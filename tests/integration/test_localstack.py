@@ -9,8 +9,10 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from pymongo import MongoClient
 
+from deploy.brokers import BROKERS
 from deploy.localstack import LocalStack
 from deploy.procs import StackError, free_port, pid_alive
 
@@ -31,14 +33,20 @@ def test_a_taken_port_is_a_clear_error_and_starts_nothing(tmp_path: Path) -> Non
     assert stack.status() == {}  # nothing was started, nothing left behind
 
 
-async def test_restart_keeps_topics_documents_and_offsets(tmp_path: Path) -> None:
+@pytest.mark.parametrize("broker", BROKERS)
+async def test_restart_keeps_topics_documents_and_offsets(tmp_path: Path, broker: str) -> None:
     stack = LocalStack(tmp_path, s3_port=free_port(), kafka_port=free_port(),
-                       mongo_port=free_port(), kafka_storage="s3")
+                       mongo_port=free_port(), kafka_storage="s3", broker=broker)
     state = stack.up()
+    assert state.broker == broker
     assert stack.up().pids == state.pids  # a healthy stack is reused, not restarted
     bootstrap = f"127.0.0.1:{state.kafka_port}"
     topic = f"persist-{uuid.uuid4().hex[:8]}"
     try:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+        await admin.close()
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
         await producer.start()
         for i in range(5):
