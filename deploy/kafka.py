@@ -210,7 +210,6 @@ def server_properties(log_dir: Path, port: int, controller_port: int,
         "share.coordinator.state.topic.replication.factor=1",
         "share.coordinator.state.topic.min.isr=1",
         "group.initial.rebalance.delay.ms=0",
-        "log.flush.interval.ms=1000",  # the local stack favours latency over fsyncs
         "",
     ])
 

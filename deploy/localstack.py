@@ -60,7 +60,10 @@ class StackState:
         """The IMGPIPE_* variables that point services at this stack."""
         return {
             "IMGPIPE_KAFKA_BOOTSTRAP": f"127.0.0.1:{self.kafka_port}",
-            "IMGPIPE_MONGO_URI": f"mongodb://127.0.0.1:{self.mongo_port}",
+            # No retryable writes: SecantusDB keeps a record of each (30 min, up
+            # to 10k) and scans, then sorts, them on every write, which made it
+            # the slowest part of a big request; imgpipe's writes are idempotent.
+            "IMGPIPE_MONGO_URI": f"mongodb://127.0.0.1:{self.mongo_port}/?retryWrites=false",
             "IMGPIPE_S3_ENDPOINT": f"127.0.0.1:{self.s3_port}",
             "IMGPIPE_S3_ACCESS_KEY": self.access_key,
             "IMGPIPE_S3_SECRET_KEY": self.secret_key,

@@ -115,6 +115,7 @@ class EventPublisher:
             request_timeout_ms=30_000,
             partitioner=key_partitioner,
         )
+        self._locks: dict[tuple[str, int], asyncio.Lock] = {}
 
     async def start(self) -> None:
         await self._producer.start()
@@ -145,20 +146,30 @@ class EventPublisher:
                     (key, value))
             futures = []
             for partition, items in by_partition.items():
-                batch = self._producer.create_batch()
-                for key, value in items:
-                    if batch.append(key=key, value=value, timestamp=None) is None:
-                        futures.append(await self._producer.send_batch(
-                            batch, name, partition=partition))
-                        batch = self._producer.create_batch()
-                        if batch.append(key=key, value=value, timestamp=None) is None:
-                            raise ValueError(f"one message of {len(value)} bytes is larger "
-                                             "than a whole batch")
-                futures.append(await self._producer.send_batch(
-                            batch, name, partition=partition))
+                # One sender at a time per partition: aiokafka's add_batch waits
+                # for the partition's queued batch to drain and counts its
+                # timeout down wrongly (the whole elapsed time, again on every
+                # wake-up), so callers racing for one partition time out early.
+                async with self._locks.setdefault((name, partition), asyncio.Lock()):
+                    futures += await self._enqueue(name, partition, items)
             await asyncio.gather(*futures)
         except KafkaError as exc:
             raise TransientError(f"Kafka did not acknowledge: {exc!r}", code="kafka_error") from exc
+
+    async def _enqueue(self, name: str, partition: int, items: list[tuple[bytes, bytes]]
+                       ) -> list[asyncio.Future[Any]]:
+        """Queue ``items`` in as few batches as fit; the futures of their acks."""
+        futures = []
+        batch = self._producer.create_batch()
+        for key, value in items:
+            if batch.append(key=key, value=value, timestamp=None) is None:
+                futures.append(await self._producer.send_batch(batch, name, partition=partition))
+                batch = self._producer.create_batch()
+                if batch.append(key=key, value=value, timestamp=None) is None:
+                    raise ValueError(f"one message of {len(value)} bytes is larger "
+                                     "than a whole batch")
+        futures.append(await self._producer.send_batch(batch, name, partition=partition))
+        return futures
 
     async def dead_letter(self, raw: bytes | None, *, source: str, error: Exception) -> None:
         """Park a message that can never be processed, with the reason."""

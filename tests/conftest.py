@@ -111,6 +111,8 @@ class HttpServer:
     delays: dict[str, float] = field(default_factory=dict)  # path -> seconds before answering
     # path -> status codes answered to successive POSTs (popped; 204 once empty)
     statuses: dict[str, list[int]] = field(default_factory=dict)
+    # Served for any GET path under a prefix that ``files`` lacks: prefix -> file.
+    prefixes: dict[str, tuple[bytes, str]] = field(default_factory=dict)
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}/{path.lstrip('/')}"
@@ -126,7 +128,8 @@ def _serve(server_state: HttpServer) -> ThreadingHTTPServer:
             server_state.hits[path] = server_state.hits.get(path, 0) + 1
             if path in server_state.delays:
                 time.sleep(server_state.delays[path])
-            item = server_state.files.get(path)
+            item = server_state.files.get(path) or next(
+                (f for p, f in server_state.prefixes.items() if path.startswith(p)), None)
             if item is None:
                 self.send_error(404)
                 return

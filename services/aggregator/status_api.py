@@ -149,7 +149,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                             error_message=f.get("error_message"))
                     async for f in store.images.find(
                         {"request_id": request_id, "status": "failed"}
-                    ).sort([("serial", 1), ("position", 1)]).limit(s.failures_listed)]
+                    ).sort([("serial", 1), ("position", 1)]).limit(s.failures_listed)
+                    ] if doc["failed"] else []  # the common case reads nothing more
         processed = doc["succeeded"] + doc["failed"]
         total = doc["image_count"]
         hook = doc.get("webhook") or {}
