@@ -26,7 +26,12 @@ TERMINAL_STATUSES = ("COMPLETED", "COMPLETED_WITH_ERRORS", "FAILED")
 
 
 def make_client(settings: CommonSettings) -> AsyncMongoClient:
-    return AsyncMongoClient(settings.mongo_uri, serverSelectionTimeoutMS=10_000, tz_aware=True)
+    """A client whose pooled connections never outlive a server's (or a
+    firewall's) idle timeout: one idle for ``mongo_max_idle_seconds`` is closed
+    by the pool instead of failing the next operation (SecantusDB closes
+    connections idle for 300 s)."""
+    return AsyncMongoClient(settings.mongo_uri, serverSelectionTimeoutMS=10_000, tz_aware=True,
+                            maxIdleTimeMS=int(settings.mongo_max_idle_seconds * 1000))
 
 
 @dataclass(frozen=True)

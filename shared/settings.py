@@ -31,6 +31,7 @@ class CommonSettings(BaseSettings):
     # MongoDB API
     mongo_uri: str = "mongodb://127.0.0.1:27017"
     mongo_db: str = "imgpipe"
+    mongo_max_idle_seconds: float = 60.0  # below any server or firewall idle timeout
 
     # S3 API
     s3_endpoint: str = "127.0.0.1:8333"
