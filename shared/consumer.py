@@ -105,6 +105,27 @@ class ConsumerLoop:
     def in_flight(self) -> int:
         return len(self._tasks)
 
+    async def describe(self) -> dict[str, Any]:
+        """For ``/health``: assigned partitions, work in flight, and the lag of
+        each partition: the broker's end offset minus what this consumer has
+        committed (the group's committed offset until it commits itself)."""
+        assigned = sorted(self.consumer.assignment())
+        lag: dict[str, int] = {}
+        if assigned:
+            try:
+                ends = await self.consumer.end_offsets(assigned)
+                for tp in assigned:
+                    done = self._committed.get(tp)
+                    if done is None:
+                        done = await self.consumer.committed(tp) or 0
+                    lag[f"{tp.topic}[{tp.partition}]"] = max(0, ends[tp] - done)
+            except Exception as exc:  # the broker is away: health still answers
+                log.warning("health: consumer lag unavailable: %r", exc)
+        return {"assigned": [f"{tp.topic}[{tp.partition}]" for tp in assigned],
+                "in_flight": self.in_flight, "handled": self.handled,
+                "dead_lettered": self.dead_lettered, "lag": lag,
+                "lag_total": sum(lag.values())}
+
     def stop(self) -> None:
         self._stopping.set()
 

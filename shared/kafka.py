@@ -53,8 +53,12 @@ async def ensure_topics(settings: CommonSettings, topics: Iterable[Topic] | None
     await admin.start()
     try:
         wanted = {t.full(settings.topic_prefix): t for t in (topics or list(Topic))}
+        # Listed first, described only if present: a metadata request naming a
+        # missing topic creates it on brokers that auto-create (Tansu does).
+        present = [n for n in await admin.list_topics() if n in wanted]
         existing = {t["topic"]: len(t["partitions"])
-                    for t in await admin.describe_topics(list(wanted)) if t["error_code"] == 0}
+                    for t in (await admin.describe_topics(present) if present else [])
+                    if t["error_code"] == 0}
         for name, topic in wanted.items():
             if name in existing:
                 if existing[name] < settings.topic_partitions:
@@ -76,16 +80,16 @@ async def ensure_topics(settings: CommonSettings, topics: Iterable[Topic] | None
 
 async def topic_partitions(settings: CommonSettings, name: str) -> list[int]:
     """The partition ids of a topic, from a fresh metadata request ([] if it
-    does not exist)."""
+    does not exist; never created by asking)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     await admin.start()
     try:
+        if name not in await admin.list_topics():
+            return []
         [found] = await admin.describe_topics([name])
     finally:
         await admin.close()
-    if found["error_code"] != 0:
-        return []
-    return sorted(p["partition"] for p in found["partitions"])
+    return sorted(p["partition"] for p in found["partitions"]) if found["error_code"] == 0 else []
 
 
 def key_partitioner(key: bytes | None, all_partitions: list[int],

@@ -34,9 +34,7 @@ async def run_consumer_service(
         asyncio.get_running_loop().add_signal_handler(sig, loop.stop)
 
     async def health() -> dict[str, Any]:
-        assigned = sorted(f"{tp.topic}[{tp.partition}]" for tp in consumer.assignment())
-        return {"ok": True, "service": name, "assigned": assigned,
-                "in_flight": loop.in_flight, "handled": loop.handled}
+        return {"ok": True, "service": name, **await loop.describe()}
 
     consumer.subscribe([topic], listener=loop.rebalance_listener())
     await consumer.start()

@@ -23,8 +23,10 @@ from typing import Any
 import pytest
 
 from deploy import services
+from deploy.brokers import BROKERS, start_kafka, start_tansu
+from deploy.kafka import find_java
 from deploy.localstack import LocalStack, StackState
-from deploy.procs import free_port
+from deploy.procs import free_port, stop_pid
 from shared.mongo import Store, make_client
 from shared.settings import CommonSettings
 
@@ -41,6 +43,39 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackState]:
         yield state
     finally:
         local.down()
+
+
+@pytest.fixture(scope="session", params=BROKERS)
+def broker(request: pytest.FixtureRequest, stack: StackState,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """Each broker in turn, for the broker contract suite: the stack's own, and
+    the other one started for the session (Apache Kafka only where Java 17+ is)."""
+    kind = str(request.param)
+    if kind == stack.broker:
+        yield Broker(kind, f"127.0.0.1:{stack.kafka_port}")
+        return
+    home, port = tmp_path_factory.mktemp(f"broker-{kind}"), free_port()
+    if kind == "tansu":
+        pid = start_tansu(port=port, storage="memory://tansu/", log_path=home / "tansu.log")
+    else:
+        if find_java() is None:
+            pytest.skip("Apache Kafka needs a Java 17+ runtime")
+        pid = start_kafka(home, port=port, controller_port=free_port(), partitions=4,
+                          log_path=home / "kafka.log")
+    try:
+        yield Broker(kind, f"127.0.0.1:{port}")
+    finally:
+        stop_pid(pid)
+
+
+@dataclass(frozen=True)
+class Broker:
+    kind: str  # "kafka" or "tansu"
+    bootstrap: str
+
+    @property
+    def idempotence(self) -> bool:
+        return self.kind == "kafka"
 
 
 @pytest.fixture(scope="session")

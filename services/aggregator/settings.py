@@ -7,8 +7,14 @@ class Settings(CommonSettings):
     aggregator_host: str = "127.0.0.1"
     # Faust worker web server: serves GET /health.
     aggregator_health_port: int = 8004
-    # Faust app id = consumer group; defaults to "<topic_prefix>-aggregator".
+    # Consumer group of the inbound events; defaults to "<topic_prefix>-aggregator"
+    # (the Faust worker that hosts it uses "<group>-worker").
     aggregator_app_id: str = ""
+    # Events handled at once (a request's own events one at a time).
+    aggregator_max_in_flight: int = 32
+    aggregator_drain_seconds: float = 20.0
+    # A member that stops heartbeating leaves the group after this long.
+    aggregator_session_timeout: float = 30.0
     # Faust's local directory (it keeps no state we rely on).
     aggregator_datadir: str = ".data/faust/{app_id}"
     # Status API (FastAPI).

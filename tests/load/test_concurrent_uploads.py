@@ -38,11 +38,11 @@ async def upload(client: httpx.AsyncClient, url: str, body: str) -> httpx.Respon
 
 
 async def settle(client: httpx.AsyncClient, status_base: str, ids: list[str],
-                 timeout: float) -> dict[str, dict[str, object]]:
+                 within: float) -> dict[str, dict[str, object]]:
     """Poll every request until all are terminal (bounded); their last status."""
     last: dict[str, dict[str, object]] = {}
     pending = set(ids)
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while pending and time.monotonic() < deadline:
         for rid in sorted(pending):
             resp = await client.get(f"{status_base}/api/v1/requests/{rid}")
