@@ -7,6 +7,7 @@ a random topic prefix. Unit tests use neither and need no servers.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -35,14 +36,10 @@ log = logging.getLogger("tests")
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackState]:
-    data = tmp_path_factory.mktemp("stack")
-    local = LocalStack(data, s3_port=free_port(), kafka_port=free_port(),
-                       mongo_port=free_port(), kafka_storage="s3")
-    state = local.up()
-    try:
+    """The session's stack, on the broker IMGPIPE_BROKER chooses (Apache Kafka
+    wherever Java 17+ is found)."""
+    with own_stack(tmp_path_factory.mktemp("stack")) as (_, state):
         yield state
-    finally:
-        local.down()
 
 
 @pytest.fixture(scope="session", params=BROKERS)
@@ -81,9 +78,7 @@ class Broker:
 @pytest.fixture(scope="session")
 def stack_env(stack: StackState) -> dict[str, str]:
     """IMGPIPE_* settings for the stack, with a topic prefix and DB of its own."""
-    tag = uuid.uuid4().hex[:8]
-    return {**stack.env(), "IMGPIPE_TOPIC_PREFIX": f"t{tag}", "IMGPIPE_MONGO_DB": f"db{tag}",
-            "IMGPIPE_TOPIC_PARTITIONS": "4", "IMGPIPE_FETCH_ALLOW_NETWORKS": "127.0.0.0/8"}
+    return env_for(stack)
 
 
 @pytest.fixture
@@ -114,15 +109,18 @@ class Pipeline:
         return f"http://127.0.0.1:{self.ports.status}"
 
 
-@pytest.fixture(scope="session")
-def pipeline(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
-             ) -> Iterator[Pipeline]:
+PIPELINE_ENV = {"IMGPIPE_WEBHOOK_BACKOFF_BASE": "0.2",
+                "IMGPIPE_MAX_UPLOAD_BYTES": str(5 * 1024 * 1024),
+                "IMGPIPE_FETCH_MAX_ATTEMPTS": "2", "IMGPIPE_PROCESSOR_WORKERS": "2"}
+
+
+@contextlib.contextmanager
+def running_pipeline(stack_env: dict[str, str], logs: Path, *, processors: int = 2
+                     ) -> Iterator[Pipeline]:
+    """Every service on a stack, on free ports; stopped (log tails shown on CI) after."""
     ports = services.ServicePorts.free()
-    env = {**stack_env, "IMGPIPE_WEBHOOK_BACKOFF_BASE": "0.2",
-           "IMGPIPE_MAX_UPLOAD_BYTES": str(5 * 1024 * 1024), "IMGPIPE_FETCH_MAX_ATTEMPTS": "2",
-           "IMGPIPE_PROCESSOR_WORKERS": "2", "IMGPIPE_CALLBACK_SECRET": secrets.token_hex(16)}
-    logs = tmp_path_factory.mktemp("service-logs")
-    running = services.start(services.plan(env, ports, processors=2), log_dir=logs,
+    env = {**stack_env, **PIPELINE_ENV, "IMGPIPE_CALLBACK_SECRET": secrets.token_hex(16)}
+    running = services.start(services.plan(env, ports, processors=processors), log_dir=logs,
                              timeout=240, wait_for_assignment=True)
     try:
         yield Pipeline(env, ports, running)
@@ -133,6 +131,34 @@ def pipeline(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
                 if svc.log_path and svc.log_path.exists():
                     tail = svc.log_path.read_text(errors="replace").splitlines()[-40:]
                     log.warning("--- %s log tail ---\n%s", svc.name, "\n".join(tail))
+
+
+@pytest.fixture(scope="session")
+def pipeline(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+             ) -> Iterator[Pipeline]:
+    with running_pipeline(stack_env, tmp_path_factory.mktemp("service-logs")) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def own_stack(data: Path, broker: str | None = None) -> Iterator[tuple[LocalStack, StackState]]:
+    """A local stack of a test's own (for tests that restart or break servers)."""
+    if broker == "kafka" and find_java() is None:
+        pytest.skip("Apache Kafka needs a Java 17+ runtime")
+    local = LocalStack(data, s3_port=free_port(), kafka_port=free_port(),
+                       mongo_port=free_port(), kafka_storage="s3", broker=broker)
+    state = local.up()
+    try:
+        yield local, state
+    finally:
+        local.down()
+
+
+def env_for(state: StackState) -> dict[str, str]:
+    """IMGPIPE_* settings for a stack, with a topic prefix and DB of its own."""
+    tag = uuid.uuid4().hex[:8]
+    return {**state.env(), "IMGPIPE_TOPIC_PREFIX": f"t{tag}", "IMGPIPE_MONGO_DB": f"db{tag}",
+            "IMGPIPE_TOPIC_PARTITIONS": "4", "IMGPIPE_FETCH_ALLOW_NETWORKS": "127.0.0.0/8"}
 
 
 @dataclass
