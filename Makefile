@@ -41,6 +41,7 @@ stack-down: install
 bench: install
 	$(PY) bench/bench_engine.py
 	$(PY) bench/bench_ingest.py
+	$(PY) bench/bench_pipeline.py
 
 clean:
 	$(PY) -m deploy.localstack down || true
