@@ -47,7 +47,7 @@ def choose_broker(wanted: str | None = None) -> str:
 
 
 def display_name(broker: str) -> str:
-    return "Apache Kafka" if broker == "kafka" else "Tansu"
+    return f"Apache Kafka {kafka.load_lock()[0]}" if broker == "kafka" else "Tansu"
 
 
 def start_kafka(home: Path, *, port: int, controller_port: int, partitions: int,

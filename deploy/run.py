@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 
 from deploy import services
+from deploy.brokers import display_name
 from deploy.localstack import stack_from_env
 from deploy.procs import StackError
 
@@ -42,7 +43,8 @@ def main() -> int:
             "\nimgpipe is running. Press Ctrl-C to stop everything.\n"
             f"  Upload page + API:  http://127.0.0.1:{ports.ingest}/  (docs: /docs)\n"
             f"  Status API:         http://127.0.0.1:{ports.status}/docs\n"
-            f"  Kafka API:          {env['IMGPIPE_KAFKA_BOOTSTRAP']}\n"
+            f"  Kafka API:          {env['IMGPIPE_KAFKA_BOOTSTRAP']}  "
+            f"({display_name(state.broker)})\n"
             f"  MongoDB API:        {env['IMGPIPE_MONGO_URI']}\n"
             f"  S3 API:             http://{env['IMGPIPE_S3_ENDPOINT']}  "
             f"(keys in {data / 'stack' / 'credentials.json'})\n\n")
