@@ -42,6 +42,7 @@ bench: install
 	$(PY) bench/bench_engine.py
 	$(PY) bench/bench_ingest.py
 	$(PY) bench/bench_pipeline.py
+	$(PY) bench/bench_outbox.py
 
 clean:
 	$(PY) -m deploy.localstack down || true

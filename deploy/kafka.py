@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deploy.procs import StackError
+from shared.retry import backoff
 
 log = logging.getLogger("kafka")
 LOCK = Path(__file__).with_name("kafka.lock.json")
@@ -166,7 +167,8 @@ def _download(a: Artifact, repo: str, dest: Path, advance: object) -> None:
             tmp.unlink(missing_ok=True)
             advance(-done)  # type: ignore[operator]
             last = exc
-            time.sleep(attempt)
+            if attempt < DOWNLOAD_ATTEMPTS:
+                time.sleep(backoff(attempt, base=1.0, cap=10.0))
     raise StackError(f"could not download {url} after {DOWNLOAD_ATTEMPTS} attempts: {last}. "
                      "Is Maven Central (or IMGPIPE_MAVEN_REPO) reachable?")
 

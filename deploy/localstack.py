@@ -173,16 +173,31 @@ class LocalStack:
     def restart_broker(self, *, kill: bool = False) -> StackState:
         """Stop the broker (SIGTERM, or SIGKILL with ``kill``) and start it again
         on the same ports and data: for tests of a broker restart."""
+        self.stop_server("kafka", kill=kill)
+        return self.start_server("kafka")
+
+    def stop_server(self, name: str, *, kill: bool = False) -> StackState:
+        """Stop one server (``kafka``, ``mongo`` or ``s3``; SIGKILL with
+        ``kill``), leaving its ports and data for :meth:`start_server`: for
+        tests of an outage."""
         st = self._load()
         if st is None:
             raise StackError("no local stack is running")
-        pid = st.pids.get("kafka", 0)
+        pid = st.pids.get(name, 0)
         if kill:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
         stop_pid(pid)
-        wait_until(lambda: not port_open(st.kafka_port), timeout=30, what="the broker to stop")
-        self._start_kafka(st)
+        port = {"kafka": st.kafka_port, "mongo": st.mongo_port, "s3": st.s3_port}[name]
+        wait_until(lambda: not port_open(port), timeout=30, what=f"{name} to stop")
+        return st
+
+    def start_server(self, name: str) -> StackState:
+        """Start a server stopped by :meth:`stop_server`, on its ports and data."""
+        st = self._load()
+        if st is None:
+            raise StackError("no local stack is running")
+        {"kafka": self._start_kafka, "mongo": self._start_mongo, "s3": self._start_s3}[name](st)
         self._save(st)
         return st
 

@@ -16,6 +16,9 @@ else (objects are overwritten under the same keys).
 which hold the output URLs; counts, output CSV, webhook state), so the replayed
 images are processed and counted afresh, the request completes again, a new output CSV
 is written and the webhook is called again. Use it on a finished request.
+
+A request missing from the database (a restore, a new cluster) is re-created
+from its events alone by ``python -m deploy.rebuild`` (deploy/rebuild.py).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import uuid
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from tqdm import tqdm
 
+from shared import requests
 from shared.errors import InvalidInputError
 from shared.events import AnyEvent, ImageDone, ImageRequested, decode
 from shared.kafka import EventPublisher, topic_partitions
@@ -96,7 +100,7 @@ async def check_complete(store: Store, request_id: str, events: list[AnyEvent]) 
     request = await store.requests.find_one({"_id": request_id})
     if request is None:
         raise ReplayRefused(f"no request {request_id} in MongoDB")
-    found = sum(1 for e in events if e.request_id == request_id)
+    found = len(positions(events, request_id))
     if found != request["image_count"]:
         raise ReplayRefused(
             f"request {request_id} has {request['image_count']} images but only {found} "
@@ -104,18 +108,23 @@ async def check_complete(store: Store, request_id: str, events: list[AnyEvent]) 
             "Replay without --reset, or pass --force.")
 
 
+def positions(events: list[AnyEvent], request_id: str) -> set[tuple[int, int]]:
+    """The (serial, position) pairs the request's image events stand for: an
+    event's own and those of its ``also`` (a URL repeated within the request)."""
+    out: set[tuple[int, int]] = set()
+    for e in events:
+        if isinstance(e, ImageRequested | ImageDone) and e.request_id == request_id:
+            out.add((e.serial, e.position))
+            out.update((a.serial, a.position) for a in e.also)
+    return out
+
+
 async def reset(store: Store, request_id: str) -> None:
     request = await store.requests.find_one({"_id": request_id})
     if request is None:
         raise ReplayRefused(f"no request {request_id} in MongoDB")
     await store.images.delete_many({"request_id": request_id})
-    hook = "pending" if request.get("webhook_url") else "none"
-    await store.requests.update_one({"_id": request_id}, {
-        "$set": {"status": "QUEUED", "succeeded": 0, "failed": 0, "completed_at": None,
-                 "output_csv_url": None, "completion_published": False,
-                 "webhook": {"status": hook, "attempts": 0}},
-        "$unset": {"started_at": "", "publish_lease_until": "", "output_csv_error": "",
-                   "dead_letters": "", "dead_letter_count": ""}})
+    await requests.reset(store, request)
     log.info("reset request %s", request_id)
 
 

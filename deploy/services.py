@@ -6,15 +6,25 @@ so both run the services exactly the same way.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deploy.procs import free_port, pid_alive, require_free, spawn, stop_pid, wait_until
+from deploy.procs import (
+    free_port,
+    pid_alive,
+    port_open,
+    require_free,
+    spawn,
+    stop_pid,
+    wait_until,
+)
 
 log = logging.getLogger("services")
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,21 +120,44 @@ def start(planned: list[Service], *, log_dir: Path, timeout: float = 120.0,
     running = Services()
     try:
         for svc in planned:
-            require_free(svc.health_port, svc.name, "the service's IMGPIPE_*_PORT")
             svc.log_path = log_dir / f"{svc.name}.log"
-            env = {**os.environ, **svc.env, "PYTHONUNBUFFERED": "1"}
-            svc.pid = spawn(svc.args, log_path=svc.log_path, env=env, cwd=ROOT).pid
+            _spawn(svc)
             running.items.append(svc)
         for svc in planned:
-            def ready(svc: Service = svc) -> bool:
-                body = health(svc.health_url)
-                if not body or not body.get("ok"):
-                    return False
-                return not (wait_for_assignment and svc.name == "aggregator"
-                            and not body.get("assigned"))
-            wait_until(ready, timeout=timeout, what=f"service {svc.name}",
-                       log_path=svc.log_path, pid=svc.pid)
+            _wait_ready(svc, timeout, wait_for_assignment)
     except BaseException:
         running.stop()
         raise
     return running
+
+
+def restart(svc: Service, *, kill: bool = True, timeout: float = 120.0) -> None:
+    """Stop one running service (SIGKILL with ``kill``: no drain, no clean-up)
+    and start it again with the same settings and log: for fault tests."""
+    if svc.pid and pid_alive(svc.pid):
+        if kill:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(svc.pid, signal.SIGKILL)
+        stop_pid(svc.pid)
+    wait_until(lambda: not port_open(svc.health_port), timeout=30,
+               what=f"{svc.name} to stop")
+    _spawn(svc)
+    _wait_ready(svc, timeout, wait_for_assignment=False)
+
+
+def _spawn(svc: Service) -> None:
+    assert svc.log_path is not None
+    require_free(svc.health_port, svc.name, "the service's IMGPIPE_*_PORT")
+    env = {**os.environ, **svc.env, "PYTHONUNBUFFERED": "1"}
+    svc.pid = spawn(svc.args, log_path=svc.log_path, env=env, cwd=ROOT).pid
+
+
+def _wait_ready(svc: Service, timeout: float, wait_for_assignment: bool) -> None:
+    def ready() -> bool:
+        body = health(svc.health_url)
+        if not body or not body.get("ok"):
+            return False
+        return not (wait_for_assignment and svc.name == "aggregator"
+                    and not body.get("assigned"))
+    wait_until(ready, timeout=timeout, what=f"service {svc.name}", log_path=svc.log_path,
+               pid=svc.pid)

@@ -4,15 +4,18 @@ Messages are handled concurrently (up to ``max_in_flight``), so one slow item
 (a retrying download, a webhook with backoff) never stalls its partition.
 Offsets are committed only up to the lowest message still in flight on each
 partition, so a crash re-delivers whatever was not finished; handlers are
-therefore idempotent. Error handling follows ``shared.errors`` / ``shared.retry``:
+therefore idempotent. Errors are handled by a ``shared.retry.RetryPolicy``
+(``DEFAULT_POLICY`` unless given):
 
 - ``PermanentError`` (e.g. an undecodable event): dead-lettered, then committed;
 - transient errors (``TransientError``, network, MongoDB, Kafka, S3): retried
-  with backoff until they succeed or we shut down;
-- anything else (a bug, unexpected data): retried a few times, then
-  dead-lettered with the error, so it cannot stall its partition.
-A failing dead-letter publish is itself retried: nothing is committed past a
-message that was neither handled nor parked.
+  with backoff (an error's ``retry_after`` honoured) until they succeed or we
+  shut down;
+- anything else (a bug, unexpected data): retried ``max_unexpected_attempts``
+  times in all, then reported (``give_up``) and dead-lettered with the error,
+  so it cannot stall its partition.
+A failing dead-letter publish is itself retried with backoff: nothing is
+committed past a message that was neither handled nor parked.
 
 When every slot is busy the loop pauses its partitions and keeps polling, so
 the consumer stays in its group. On a rebalance, the work of revoked
@@ -32,8 +35,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from shared.errors import PermanentError
-from shared.retry import MAX_UNEXPECTED_ATTEMPTS, backoff, is_transient
+from shared.retry import DEFAULT_POLICY, GiveUp, RetryPolicy, retry_after_of
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +84,7 @@ class ConsumerLoop:
                  dead_letter: DeadLetter, give_up: DeadLetter | None = None,
                  max_in_flight: int = 32,
                  drain_seconds: float = 30.0, revoke_seconds: float = 15.0,
-                 commit_interval: float = 1.0) -> None:
+                 commit_interval: float = 1.0, policy: RetryPolicy = DEFAULT_POLICY) -> None:
         self.consumer = consumer
         self.handler = handler
         self.dead_letter = dead_letter
@@ -94,6 +96,7 @@ class ConsumerLoop:
         self.drain_seconds = drain_seconds
         self.revoke_seconds = revoke_seconds
         self.commit_interval = commit_interval
+        self.policy = policy
         self._tracker = _Tracker()
         self._tasks: dict[asyncio.Task[None], TopicPartition] = {}
         self._stopping = asyncio.Event()
@@ -205,20 +208,22 @@ class ConsumerLoop:
                 break
             except asyncio.CancelledError:
                 raise
-            except PermanentError as exc:
-                if park is None:
-                    log.warning("dead-lettering %s: %s", where, exc)
-                    park, attempt = exc, 0
-                    continue
-                error: Exception = exc
             except Exception as exc:
                 error = exc
             attempt += 1
-            if park is None and not is_transient(error) and attempt >= MAX_UNEXPECTED_ATTEMPTS:
-                log.error("dead-lettering %s after %s attempts: %r", where, attempt, error)
-                park, attempt, report = error, 0, True
-                continue
-            delay = backoff(attempt)
+            if park is not None:  # parking failed: retried until it works
+                delay = self.policy.delay(attempt, retry_after_of(error))
+            else:
+                decision = self.policy.decide(error, attempt)
+                if isinstance(decision, GiveUp):
+                    if decision.permanent:
+                        log.warning("dead-lettering %s: %s", where, error)
+                    else:
+                        log.error("dead-lettering %s after %s attempts: %r", where, attempt,
+                                  error)
+                    park, attempt, report = error, 0, not decision.permanent
+                    continue
+                delay = decision.delay
             log.warning("retrying %s in %.1fs after %r", where, delay, error)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), timeout=delay)

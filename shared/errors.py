@@ -1,16 +1,21 @@
 """The error tree every service shares, grouped by what the caller does next.
 
     ImgpipeError                 base; ``code`` is stable and machine-readable
-    ├── TransientError           retry with backoff (network blip, 5xx, broker away)
+    ├── TransientError           retry with backoff (network blip, 5xx, broker away);
+    │                            ``retry_after``: how long to wait, when known
     └── PermanentError           do not retry: record the failure and move on
-        ├── InvalidInputError    the input itself is bad (CSV cell, URL, image bytes)
+        ├── InvalidInputError    the input itself is bad (CSV cell, URL, image bytes);
+        │   │                    its message never tells anyone to retry
         │   ├── FetchRejected    a URL could not be fetched for a permanent reason
         │   └── ImageRejected    bytes that are not an acceptable image
         └── PolicyViolation      refused by policy (forbidden address, size limit)
 
-A consumer that catches ``TransientError`` retries; one that catches
-``PermanentError`` records ``code`` and ``message`` on the image/request (or
-dead-letters the event) and commits, so a bad item never stalls a partition.
+``shared.retry`` turns the classes into one policy (``RetryPolicy.decide``):
+a transient error (this ``TransientError``, or a network, MongoDB, Kafka or S3
+client error) is retried with backoff; a ``PermanentError`` is recorded on the
+image/request, or its event dead-lettered, at once, so a bad item never stalls
+a partition; anything else (a bug) is retried a few times, then treated the
+same. docs/workers.md ("Retries") has what each caller does.
 """
 
 from __future__ import annotations

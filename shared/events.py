@@ -14,9 +14,10 @@ from __future__ import annotations
 import hashlib
 import os
 import uuid
+from collections.abc import Container, Mapping, Sequence
 from datetime import UTC, datetime
 from json.encoder import encode_basestring
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -55,22 +56,54 @@ class RequestCreated(_Event):
     webhook_url: str | None = None
     created_at: datetime
     source_filename: str | None = None
+    # Rows per product page, so a replay into an empty database rebuilds the
+    # pages as ingest stored them (python -m deploy.rebuild).
+    page_rows: int | None = None
+
+
+class PositionRef(BaseModel):
+    """Another URL position (same request, same URL) an image's result applies
+    to, with its row's product name (so events alone rebuild every row, see
+    ``deploy/rebuild.py``; ``None`` in events from before names were carried)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    row: int
+    serial: int
+    position: int
+    product_name: str | None = None
+
+
+# Positions an ``image.requested`` covers besides its own (``also``), at most,
+# and the JSON bytes of their product names, at most: an event stays well
+# below Kafka's 1 MB message limit whatever the names (1,000 references with
+# short names are about 60 KB).
+MAX_ALSO = 1000
+MAX_ALSO_NAME_BYTES = 300_000
 
 
 class ImageRequested(_Event):
-    """One event per URL position. ``image_id`` is shared by identical URLs of
-    one request, so they land on the same partition and are fetched once."""
+    """One event per URL position, or per distinct URL: a URL repeated within a
+    request is published once per ``MAX_ALSO + 1`` of its positions, the event
+    of the first (its leader) listing the others in ``also``; the result is
+    recorded for every one of them. ``image_id`` is shared by identical URLs of
+    one request, so they land on the same partition and are fetched once.
+    ``row`` (0-based among the CSV's data rows) and ``position`` address the
+    URL; with ``serial`` and ``product_name`` an event carries its whole row."""
 
     event_type: Literal["image.requested"] = "image.requested"
     request_id: str
     image_id: str
     serial: int
+    row: int | None = None  # None only in events from before rows were carried
     product_name: str
     position: int  # 0-based index of the URL within its product's cell
     url: str
     # Set by the replay tool: a replayed image is processed again rather than
     # answered from the processor's cache of recent results.
     replay_id: str | None = None
+    # Other positions of the same URL this event stands for (see above).
+    also: list[PositionRef] = Field(default_factory=list)
 
 
 class ImageDone(_Event):
@@ -78,6 +111,7 @@ class ImageDone(_Event):
     request_id: str
     image_id: str
     serial: int
+    row: int | None = None
     position: int
     url: str
     status: Literal["succeeded", "failed"]
@@ -94,6 +128,9 @@ class ImageDone(_Event):
     kept_original: bool = False
     # Set when the result came from an external processing service's callback.
     source: Literal["processor", "callback"] = "processor"
+    # Other positions of the same URL the result applies to (from the request's
+    # ``also``): the aggregator records it for each of them too.
+    also: list[PositionRef] = Field(default_factory=list)
 
 
 class RequestCompleted(_Event):
@@ -190,22 +227,55 @@ class ImageRequestedEncoder:
             self._occurred = (when, _DATETIME_JSON.dump_json(when).decode())
         return self._occurred[1]
 
-    def encode_product(self, serial: int, product_name: str, urls: list[str],
-                       occurred_at: datetime | None = None) -> list[tuple[bytes, bytes]]:
-        """``(key, value)`` of each URL position's event: key is the image id."""
+    def encode_product(self, serial: int, row: int, product_name: str, urls: list[str],
+                       occurred_at: datetime | None = None, start: int = 0,
+                       stop: int | None = None, *, covered: Container[int] = (),
+                       also: Mapping[int, Sequence[Sequence[Any]]] | None = None,
+                       ) -> list[tuple[bytes, bytes]]:
+        """``(key, value)`` of the events of positions ``start`` to ``stop`` of
+        one row (all by default): key is the image id. Positions in
+        ``covered`` get no event (another position's event covers them); a
+        position in ``also`` lists those ``(row, serial, position)`` triples."""
         occurred = self._occurred_json(occurred_at or now_utc())
-        random_hex = os.urandom(16 * len(urls)).hex()
-        head = self._after_time
-        middle = f'","serial":{int(serial)},"product_name":{encode_basestring(product_name)}'
+        stop = len(urls) if stop is None else stop
+        random_hex = os.urandom(16 * max(0, stop - start)).hex()
+        middle = (f'","serial":{int(serial)},"row":{int(row)},'
+                  f'"product_name":{encode_basestring(product_name)}')
         out = []
-        for i, url in enumerate(urls):
-            image_id = self.image_id(url)
-            event_id = _uuid_str(random_hex[32 * i:32 * i + 32], "4")
-            value = (f'{{"schema_version":1,"event_id":"{event_id}","occurred_at":{occurred}'
-                     f'{head}{image_id}{middle},"position":{i},"url":{encode_basestring(url)},'
-                     f'"replay_id":null}}')
-            out.append((image_id.encode(), value.encode()))
+        for k, i in enumerate(range(start, stop)):
+            if i in covered:
+                continue
+            refs = also.get(i, ()) if also else ()
+            out.append(self._message(occurred, middle, i, urls[i], refs,
+                                     random_hex[32 * k:32 * k + 32]))
         return out
+
+    def encode_position(self, serial: int, row: int, product_name: str, position: int,
+                        url: str, also: Sequence[Sequence[Any]] = (),
+                        occurred_at: datetime | None = None) -> tuple[bytes, bytes]:
+        """``(key, value)`` of the event of one position (and its ``also``)."""
+        middle = (f'","serial":{int(serial)},"row":{int(row)},'
+                  f'"product_name":{encode_basestring(product_name)}')
+        return self._message(self._occurred_json(occurred_at or now_utc()), middle, position,
+                             url, also, os.urandom(16).hex())
+
+    def _message(self, occurred: str, middle: str, position: int, url: str,
+                 refs: Sequence[Sequence[Any]], random_hex: str) -> tuple[bytes, bytes]:
+        image_id = self.image_id(url)
+        event_id = _uuid_str(random_hex, "4")
+        value = (f'{{"schema_version":1,"event_id":"{event_id}","occurred_at":{occurred}'
+                 f'{self._after_time}{image_id}{middle},"position":{int(position)},'
+                 f'"url":{encode_basestring(url)},"replay_id":null,'
+                 f'"also":[{_refs_json(refs)}]}}')
+        return image_id.encode(), value.encode()
+
+
+def _refs_json(refs: Sequence[Sequence[Any]]) -> str:
+    """``also`` as the model encodes it, from ``(row, serial, position[, name])``."""
+    return ",".join(
+        f'{{"row":{int(ref[0])},"serial":{int(ref[1])},"position":{int(ref[2])},'
+        f'"product_name":{encode_basestring(ref[3]) if len(ref) > 3 else "null"}}}'
+        for ref in refs)
 
 
 def event_key(event: _Event) -> bytes:

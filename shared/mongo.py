@@ -2,9 +2,10 @@
 
 Collections (see docs/database.md):
 - ``requests``: one per upload; counts, status, timestamps, output CSV, webhook.
-- ``product_pages``: the CSV rows, ``page_rows`` consecutive rows per document,
-  and ``product_serials``: serial -> row, only for files whose serials do not
-  follow their rows (``shared/products.py``).
+- ``product_pages``: the CSV rows, ``page_rows`` consecutive rows per document
+  (``shared/products.py``).
+- ``url_groups``: the positions of a URL repeated within a request, one
+  document per event that stands for them (``services/ingest/repeats.py``).
 - ``images``: one per URL position; status, output URL, sizes, qualities, error.
 """
 
@@ -13,7 +14,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 from pymongo import ASCENDING, AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
@@ -22,7 +22,6 @@ from pymongo.asynchronous.database import AsyncDatabase
 from shared.settings import CommonSettings
 
 log = logging.getLogger(__name__)
-TERMINAL_STATUSES = ("COMPLETED", "COMPLETED_WITH_ERRORS", "FAILED")
 
 
 def make_client(settings: CommonSettings) -> AsyncMongoClient:
@@ -47,8 +46,12 @@ class Store:
         return self.db["product_pages"]
 
     @property
-    def product_serials(self) -> AsyncCollection:
-        return self.db["product_serials"]
+    def url_groups(self) -> AsyncCollection:
+        return self.db["url_groups"]
+
+    @property
+    def leases(self) -> AsyncCollection:
+        return self.db["leases"]
 
     @property
     def images(self) -> AsyncCollection:
@@ -60,6 +63,11 @@ class Store:
 
     async def ensure_indexes(self) -> None:
         await self.requests.create_index([("created_at", ASCENDING)])
+        await self.requests.create_index([("status", ASCENDING)])  # the active ones are few
+        # The relay's work list: requests with events still to publish.
+        await self.requests.create_index(
+            [("relay_pending", ASCENDING), ("created_at", ASCENDING)],
+            partialFilterExpression={"relay_pending": True})
         await self.requests.create_index(
             [("idempotency_key", ASCENDING)],
             unique=True,
@@ -80,22 +88,6 @@ async def mongo_health(store: Store) -> bool:
         log.warning("health: MongoDB ping failed: %s", exc)
         return False
     return True
-
-
-def new_request_doc(request_id: str, *, product_count: int, image_count: int,
-                    webhook_url: str | None, created_at: datetime, filename: str | None,
-                    accepted: bool, **extra: Any) -> dict[str, Any]:
-    """A request as first written (by ingest, or by the aggregator on a replay
-    into an empty database): one template, so both agree on every field."""
-    return {
-        "_id": request_id, "accepted": accepted, "status": "QUEUED",
-        "product_count": product_count, "image_count": image_count,
-        "succeeded": 0, "failed": 0, "webhook_url": webhook_url,
-        "webhook": {"status": "pending" if webhook_url else "none", "attempts": 0},
-        "filename": filename, "created_at": created_at, "updated_at": created_at,
-        "started_at": None, "completed_at": None, "output_csv_url": None,
-        "completion_published": False, **extra,
-    }
 
 
 async def db_now(store: Store) -> datetime:

@@ -32,7 +32,7 @@ from yarl import URL
 from shared.addresses import NAT64, IPAddress, IPNetwork, _forbidden, embedded_ipv4
 from shared.addresses import parse_host as parse_host
 from shared.addresses import parse_ip as parse_ip
-from shared.errors import FetchRejected, PolicyViolation
+from shared.errors import FetchRejected, PolicyViolation, TransientError
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,8 @@ async def check_url(
     """``check_url_static`` plus resolving the host and checking every address.
 
     Raises PolicyViolation for a refused URL/address, FetchRejected(code="dns_failed")
-    when the name does not resolve (within ``dns_timeout`` seconds).
+    when the name does not resolve, TransientError(code="dns_failed") when the
+    resolver fails for now (``EAI_AGAIN``, or no answer within ``dns_timeout`` s).
     """
     check_url_static(url, policy)
     parsed = URL(url)
@@ -171,7 +172,13 @@ async def check_url(
     try:
         async with asyncio.timeout(dns_timeout):
             await guard.resolve(target, parsed.port or 0, socket.AF_UNSPEC)
-    except (OSError, TimeoutError) as exc:
+    except TimeoutError as exc:  # the resolver is slow or away: worth asking again
+        raise TransientError(f"resolving {target!r} took over {dns_timeout:g}s",
+                             code="dns_failed") from exc
+    except OSError as exc:
+        if getattr(exc, "errno", None) == socket.EAI_AGAIN:  # a temporary failure
+            raise TransientError(f"cannot resolve {target!r} right now: {exc!r}",
+                                 code="dns_failed") from exc
         raise FetchRejected(f"cannot resolve {target!r}: {exc!r}", code="dns_failed") from exc
     finally:
         if resolver is None:

@@ -23,23 +23,12 @@ from shared.mongo import Store, position_id
 
 MAX_PAGE_ROWS = 100
 MAX_PAGE_BYTES = 8 * 1024 * 1024  # well under MongoDB's 16 MiB document limit
-SERIALS_PER_DOC = 1000
-_MASK64 = (1 << 64) - 1
 
 
 def rows_per_page(max_row_bytes: int) -> int:
     """Rows per page such that a page of the largest allowed rows stays under
     ``MAX_PAGE_BYTES``."""
     return max(1, min(MAX_PAGE_ROWS, MAX_PAGE_BYTES // max(1, max_row_bytes)))
-
-
-def serial_bucket(serial: int, buckets: int) -> int:
-    """The directory document of a serial: mixed first (splitmix64's finaliser),
-    so serials in steps of 10, 100, or of ``buckets`` still spread evenly."""
-    x = serial & _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return (x ^ (x >> 31)) % buckets
 
 
 def page_id(request_id: str, first_row: int) -> str:
@@ -61,55 +50,24 @@ class Product:
 
 
 class PageBuilder:
-    """Groups rows, in file order, into page documents, and maps serials to rows.
-
-    When the serial numbers follow the rows (serial = row + ``serial_offset``
-    for every row, as in the usual 1, 2, 3...) a product is found from its
-    serial with arithmetic. Otherwise :meth:`serial_docs` gives a directory,
-    ``serial_buckets`` documents of about ``SERIALS_PER_DOC`` serials each
-    (:func:`serial_bucket`), so a lookup is still two ``_id`` reads.
-    """
+    """Groups rows, in file order, into page documents of ``page_rows`` rows."""
 
     def __init__(self, request_id: str, page_rows: int) -> None:
         self.request_id, self.page_rows = request_id, page_rows
         self.rows = 0
         self._page: list[dict[str, Any]] = []
-        self._offset: int | None = None
-        self._row_of: dict[int, int] | None = None  # serial -> row, once not linear
 
-    @property
-    def serial_offset(self) -> int | None:
-        return self._offset if self._row_of is None else None
-
-    @property
-    def serial_buckets(self) -> int | None:
-        if self._row_of is None:
-            return None
-        return max(1, -(-len(self._row_of) // SERIALS_PER_DOC))
-
-    def add(self, serial: int, name: str, line: int, urls: list[str]) -> dict[str, Any] | None:
-        """Add the next row; returns the page it completed, if any."""
-        if self._offset is None:
-            self._offset = serial - self.rows
-        elif self._row_of is None and serial - self.rows != self._offset:
-            offset = self._offset  # the rows so far did follow their serials
-            self._row_of = {row + offset: row for row in range(self.rows)}
-        if self._row_of is not None:
-            self._row_of[serial] = self.rows
-        self._page.append({"serial": serial, "name": name, "line": line, "input_urls": urls})
+    def add(self, serial: int, name: str, line: int, urls: list[str],
+            marks: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """Add the next row (with its repeated-URL ``marks``, ``lead`` and
+        ``cover``, if any: services/ingest/repeats.py); returns the page it
+        completed, if any."""
+        row = {"serial": serial, "name": name, "line": line, "input_urls": urls}
+        if marks:
+            row.update(marks)
+        self._page.append(row)
         self.rows += 1
         return self.flush() if len(self._page) >= self.page_rows else None
-
-    def serial_docs(self) -> list[dict[str, Any]]:
-        """The ``product_serials`` documents (none when serials follow rows)."""
-        buckets = self.serial_buckets
-        if self._row_of is None or buckets is None:
-            return []
-        maps: list[dict[str, int]] = [{} for _ in range(buckets)]
-        for serial, row in self._row_of.items():
-            maps[serial_bucket(serial, buckets)][str(serial)] = row
-        return [{"_id": page_id(self.request_id, b), "request_id": self.request_id,
-                 "rows": rows} for b, rows in enumerate(maps)]
 
     def flush(self) -> dict[str, Any] | None:
         """The page of rows added since the last page, if any."""
@@ -169,7 +127,7 @@ def _page_rows(request: dict[str, Any]) -> int:
 
 def _missing(request_id: str, what: str) -> PermanentError:
     return PermanentError(
-        f"request {request_id}: {what}; was the request withdrawn, or the database restored "
+        f"request {request_id}: {what}; was the database restored "
         "without its product pages?", code="product_rows_missing")
 
 
@@ -187,34 +145,14 @@ async def check_complete(store: Store, request: dict[str, Any]) -> None:
                        f"only {stored} of its {expected} product pages are in MongoDB")
 
 
-async def find_product(store: Store, request: dict[str, Any],
-                       serial: int) -> dict[str, Any] | None:
-    """The stored row (``serial``, ``name``, ``line``, ``input_urls``) with this
-    serial number, or None.
-
-    By arithmetic when the serials follow the rows (``serial_offset``), else
-    through the serial directory (``serial_buckets``); both are set when the
-    upload is accepted. Before that (a callback racing the upload) the
-    request's pages are scanned.
-    """
-    rid, page_rows = request["_id"], request.get("page_rows") or 1
-    offset, buckets = request.get("serial_offset"), request.get("serial_buckets")
-    row: int | None = None
-    if offset is not None:
-        row = serial - offset
-    elif buckets:
-        directory = await store.product_serials.find_one(
-            {"_id": page_id(rid, serial_bucket(serial, buckets))}, {f"rows.{serial}": 1})
-        row = ((directory or {}).get("rows") or {}).get(str(serial))
-    match = {"rows": {"$elemMatch": {"serial": serial}}}
-    if row is not None:
-        if not 0 <= row < request["product_count"]:
-            return None
-        query: dict[str, Any] = {"_id": page_id(rid, row - row % page_rows)}
-    elif offset is not None or buckets:
+async def product_at(store: Store, request: dict[str, Any], row: int) -> dict[str, Any] | None:
+    """The stored row (``serial``, ``name``, ``line``, ``input_urls``) at ``row``
+    (0-based among the data rows), or None: one ``_id`` read, by arithmetic."""
+    if not 0 <= row < request.get("product_count", 0) or not request.get("page_rows"):
         return None
-    else:
-        query = {"_id": id_range(rid), "rows.serial": serial}
-    page = await store.product_pages.find_one(query, match)
+    page_rows = int(request["page_rows"])
+    first = row - row % page_rows
+    page = await store.product_pages.find_one({"_id": page_id(request["_id"], first)},
+                                              {"rows": {"$slice": [row - first, 1]}})
     rows = (page or {}).get("rows") or []
     return rows[0] if rows else None

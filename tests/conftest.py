@@ -172,6 +172,8 @@ class HttpServer:
     delays: dict[str, float] = field(default_factory=dict)  # path -> seconds before answering
     # path -> status codes answered to successive POSTs (popped; 204 once empty)
     statuses: dict[str, list[int]] = field(default_factory=dict)
+    # path -> Retry-After header sent with every POST answer that is not 2xx
+    retry_after: dict[str, str] = field(default_factory=dict)
     # Served for any GET path under a prefix that ``files`` lacks: prefix -> file.
     prefixes: dict[str, tuple[bytes, str]] = field(default_factory=dict)
 
@@ -214,6 +216,8 @@ def _serve(server_state: HttpServer) -> ThreadingHTTPServer:
             self.send_response(status)
             if 300 <= status < 400:
                 self.send_header("Location", server_state.url(path))
+            if path in server_state.retry_after and not 200 <= status < 300:
+                self.send_header("Retry-After", server_state.retry_after[path])
             if status not in (204, 304):
                 self.send_header("Content-Length", "0")
             self.end_headers()

@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from shared.mongo import TERMINAL_STATUSES
+from shared.requests import TERMINAL_STATUSES
 from tests.conftest import HttpServer
 
 

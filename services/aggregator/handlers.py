@@ -2,9 +2,14 @@
 
 Each URL position has one ``images`` document whose ``_id`` is the position
 (request, serial, index): inserting it is the guard that makes counting
-idempotent. Only the consumer whose insert succeeded increments the request's
-counters, then marks the image ``counted``. A duplicate of a counted image
-changes nothing (cheap: no recount, so replaying a big request stays linear).
+idempotent. An event records its own position and every position of its
+``also`` list (a URL repeated within the request: one insert of them all,
+duplicates skipped). Only the consumer whose insert succeeded increments the
+request's counters, by the positions it inserted (``covered``: how many of
+them came from ``also``), then marks them ``counted`` (the ``also`` positions
+through their event's own position: see :func:`record_image_done`). A
+duplicate of a counted image changes nothing (cheap: no recount, so replaying
+a big request stays linear).
 If a crash hit between the insert and the increment, the re-delivered event
 finds an uncounted duplicate and the counters are recounted from the
 ``images`` documents (``$max``, so a concurrent increment is never undone).
@@ -25,35 +30,47 @@ from datetime import timedelta
 from typing import Any
 
 from pymongo import ReturnDocument
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError
 
 from shared.errors import ImgpipeError, TransientError
-from shared.events import AnyEvent, ImageDone, RequestCompleted, RequestCreated, now_utc
+from shared.events import (
+    AnyEvent,
+    ImageDone,
+    PositionRef,
+    RequestCompleted,
+    RequestCreated,
+    now_utc,
+)
 from shared.logs import request_id_var
-from shared.mongo import (
+from shared.mongo import Store, db_now, position_id
+from shared.requests import (
     TERMINAL_STATUSES,
-    Store,
-    db_now,
+    Status,
+    count_image,
+    finish,
     new_request_doc,
-    position_id,
+    terminal_status,
 )
 
 log = logging.getLogger(__name__)
 Publish = Callable[[RequestCompleted], Awaitable[None]]
+DUPLICATE_KEY = 11000
 PUBLISH_LEASE_SECONDS = 15.0  # one publish; a crashed holder stalls its agent this long
 
 
 async def record_request_created(store: Store, ev: RequestCreated,
                                  publish: Publish | None = None) -> None:
-    """Ingest writes the request itself, then publishes this event last, after
-    setting ``accepted``: so here the request is checked for completion (its
-    images may all be done already). On a replay into an empty database the
-    request is re-created (``$setOnInsert`` only: live state is never
-    overwritten) and recounted, since its images may have been recorded first."""
+    """Ingest stores the request itself before the relay publishes this event
+    (first, before the request's images), so here the request is checked for
+    completion (a request of no images, or a re-published event). On a replay
+    into an empty database the request is re-created (``$setOnInsert`` only:
+    live state is never overwritten) and recounted, since its images may have
+    been recorded first."""
     fresh = new_request_doc(
         ev.request_id, product_count=ev.product_count, image_count=ev.image_count,
         webhook_url=ev.webhook_url, created_at=ev.created_at, filename=ev.source_filename,
-        accepted=True)
+        status=Status.QUEUED, page_rows=ev.page_rows,
+        relay={"published": ev.image_count, "page": 0, "skip": 0, "created_sent": True})
     del fresh["_id"]
     result = await store.requests.update_one({"_id": ev.request_id},
                                              {"$setOnInsert": fresh}, upsert=True)
@@ -73,54 +90,101 @@ async def record_request_created(store: Store, ev: RequestCreated,
 
 
 async def record_image_done(store: Store, ev: ImageDone, publish: Publish) -> None:
+    """Record the result for the event's position and each of its ``also``
+    positions (one ``images`` document each; the first result of a position
+    wins), count the newly recorded ones, then check for completion.
+
+    The ``also`` positions are inserted after the event's own position. When
+    this call inserted its own position, they are inserted ``counted`` at
+    once: their count rides on the own position's flag (set after the
+    increment, as for any image), so a crash before the increment leaves the
+    own position uncounted and its redelivery recounts, and a thousand
+    positions cost no thousand updates. Otherwise each is flagged itself.
+    """
     request_id_var.set(ev.request_id)
     now = now_utc()
-    doc = image_doc(ev, now)
-    try:
-        await store.images.insert_one(doc)
-        first = True
-    except DuplicateKeyError:
-        first = False
-        # The first result recorded for a position wins (it is what
-        # shared/products.py reads as the output); is it counted yet?
-        doc = await store.images.find_one({"_id": doc["_id"]}) or doc
-    if first:
+    own, *others = image_docs(ev, now)
+    own_new = bool(await insert_new(store, [own]))
+    if own_new:
+        for doc in others:
+            doc["counted"] = True
+    new = await insert_new(store, others) if others else set()
+    duplicates = ([] if own_new else [own["_id"]]) + [
+        d["_id"] for d in others if d["_id"] not in new]
+    # The first result recorded for a position wins (it is what
+    # shared/products.py reads as the output); are the duplicates counted yet?
+    if duplicates and await any_uncounted(store, duplicates):
+        # a delivery died between its insert and its increment
+        log.info("duplicate image-done for %s before it was counted; recounting", own["_id"])
+        request = await recount(store, ev.request_id)  # counts this call's inserts too
+        to_mark = [own["_id"]] + [d["_id"] for d in others]
+    elif own_new or new:
         field = "succeeded" if ev.status == "succeeded" else "failed"
         request = await store.requests.find_one_and_update(
-            {"_id": ev.request_id},
-            [{"$set": {
-                field: {"$add": [f"${field}", 1]},
-                "status": {"$cond": [{"$eq": ["$status", "QUEUED"]}, "PROCESSING", "$status"]},
-                "started_at": {"$ifNull": ["$started_at", now]},
-                "updated_at": now,
-            }}],
+            {"_id": ev.request_id}, count_image(field, now, own_new + len(new), len(new)),
             return_document=ReturnDocument.AFTER)
-        if request is not None:
-            await store.images.update_one({"_id": doc["_id"]}, {"$set": {"counted": True}})
-    elif doc.get("counted"):  # a plain duplicate: its increment is known to be done
+        to_mark = [own["_id"]] if own_new else sorted(new)
+    else:  # plain duplicates: their increment is known to be done
         request = await store.requests.find_one({"_id": ev.request_id})
-    else:  # the first delivery died between its insert and its increment
-        log.info("duplicate image-done for %s before it was counted; recounting", doc["_id"])
-        request = await recount(store, ev.request_id)
-        if request is not None:
-            await store.images.update_one({"_id": doc["_id"]}, {"$set": {"counted": True}})
+        to_mark = []
     if request is None:
         log.warning("image-done for unknown request %s ignored", ev.request_id)
         return
+    for chunk in chunks(to_mark):
+        await store.images.update_many({"_id": {"$in": chunk}, "counted": {"$ne": True}},
+                                       {"$set": {"counted": True}})
     await maybe_complete(store, request, publish)
 
 
-def image_doc(ev: ImageDone, now: Any) -> dict[str, Any]:
+IN_CHUNK = 100  # ids per $in: SecantusDB matches each document against the list
+
+
+def chunks(ids: list[str], size: int = IN_CHUNK) -> list[list[str]]:
+    return [ids[k:k + size] for k in range(0, len(ids), size)]
+
+
+async def any_uncounted(store: Store, ids: list[str]) -> bool:
+    for chunk in chunks(ids):
+        if await store.images.find_one({"_id": {"$in": chunk}, "counted": {"$ne": True}},
+                                       {"_id": 1}) is not None:
+            return True
+    return False
+
+
+async def insert_new(store: Store, docs: list[dict[str, Any]]) -> set[str]:
+    """Insert the documents that are not there yet; the ids inserted."""
+    try:
+        await store.images.insert_many(docs, ordered=False)
+    except BulkWriteError as exc:
+        errors = exc.details.get("writeErrors", [])
+        if any(e.get("code") != DUPLICATE_KEY for e in errors):
+            raise
+        failed = {e["index"] for e in errors}
+        return {d["_id"] for k, d in enumerate(docs) if k not in failed}
+    return {d["_id"] for d in docs}
+
+
+def image_docs(ev: ImageDone, now: Any) -> list[dict[str, Any]]:
+    """The ``images`` documents of an event: its own position's, then one per
+    ``also`` position (``via``: the position whose event recorded it)."""
+    own = image_doc(ev, now)
+    return [own] + [image_doc(ev, now, at) | {"via": own["_id"]} for at in ev.also]
+
+
+def image_doc(ev: ImageDone, now: Any, at: PositionRef | None = None) -> dict[str, Any]:
+    row, serial, position = (ev.row, ev.serial, ev.position) if at is None else (
+        at.row, at.serial, at.position)
     return {
-        "_id": position_id(ev.request_id, ev.serial, ev.position),
-        "request_id": ev.request_id, "image_id": ev.image_id, "serial": ev.serial,
-        "position": ev.position, "input_url": ev.url, "status": ev.status,
+        "_id": position_id(ev.request_id, serial, position),
+        "request_id": ev.request_id, "image_id": ev.image_id, "serial": serial,
+        "row": row, "position": position, "input_url": ev.url, "status": ev.status,
         "output_url": ev.output_url, "error_code": ev.error_code,
         "error_message": ev.error_message, "bytes_in": ev.bytes_in, "bytes_out": ev.bytes_out,
         "quality_in": ev.quality_in, "quality_out": ev.quality_out,
         "quality_method": ev.quality_method, "source_format": ev.source_format,
         "output_format": ev.output_format, "kept_original": ev.kept_original,
         "source": ev.source, "processed_at": ev.occurred_at, "recorded_at": now,
+        "via": None,  # recorded from its own event
         "counted": False,  # set once the request's counters include this position
     }
 
@@ -134,14 +198,11 @@ async def recount(store: Store, request_id: str) -> dict[str, Any] | None:
     async for row in cursor:
         if row["_id"] in counts:
             counts[row["_id"]] = row["n"]
+    covered = await store.images.count_documents({"request_id": request_id,
+                                                  "via": {"$ne": None}})
     return await store.requests.find_one_and_update(
-        {"_id": request_id}, {"$max": counts}, return_document=ReturnDocument.AFTER)
-
-
-def terminal_status(succeeded: int, failed: int) -> str:
-    if failed == 0:
-        return "COMPLETED"
-    return "FAILED" if succeeded == 0 else "COMPLETED_WITH_ERRORS"
+        {"_id": request_id}, {"$max": {**counts, "covered": covered}},
+        return_document=ReturnDocument.AFTER)
 
 
 async def maybe_complete(store: Store, request: dict[str, Any], publish: Publish, *,
@@ -149,28 +210,20 @@ async def maybe_complete(store: Store, request: dict[str, Any], publish: Publish
     succeeded, failed = request["succeeded"], request["failed"]
     if succeeded + failed < request["image_count"] or request.get("completion_published"):
         return
-    if request.get("withdrawn") or not request.get("accepted"):
-        # Not (yet) accepted: ingest publishes request-created after setting the
-        # flag, and that event runs this check again. Withdrawn: ingest told the
-        # client it failed, so it must never complete or notify.
-        return
     rid = request["_id"]
     now = await db_now(store)  # one clock for every host's leases
     lease = {"publish_lease_until": now + timedelta(seconds=lease_seconds)}
     if request["status"] not in TERMINAL_STATUSES:
         status = terminal_status(succeeded, failed)
-        won = await store.requests.update_one(
-            {"_id": rid, "status": {"$nin": list(TERMINAL_STATUSES)}, "accepted": True,
-             "withdrawn": {"$ne": True}},
-            {"$set": {"status": status, "completed_at": now, "updated_at": now, **lease}})
-        if won.modified_count:
+        won = await finish(store, rid, status, now, lease)
+        if won:
             log.info("request finished: %s (%s ok, %s failed)", status, succeeded, failed)
     else:  # finished earlier, not yet published: a holder whose lease ran out crashed
-        won = await store.requests.update_one(
+        won = bool((await store.requests.update_one(
             {"_id": rid, "completion_published": {"$ne": True},
              "$or": [{"publish_lease_until": None}, {"publish_lease_until": {"$lt": now}}]},
-            {"$set": lease})
-    if not won.modified_count:
+            {"$set": lease})).modified_count)
+    if not won:
         fresh = await store.requests.find_one({"_id": rid}, {"completion_published": 1})
         if fresh and fresh.get("completion_published"):
             return

@@ -15,11 +15,14 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel
 
 from services.aggregator.settings import Settings
+from shared import problems
 from shared.errors import PermanentError
 from shared.logs import setup_logging
-from shared.mongo import TERMINAL_STATUSES, Store, make_client, mongo_health
+from shared.mongo import Store, make_client, mongo_health
 from shared.outputcsv import iter_output_csv
+from shared.problems import PROBLEM
 from shared.products import check_complete, iter_products
+from shared.requests import VISIBLE, is_finished
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +81,9 @@ class RequestStatus(BaseModel):
     succeeded: int
     failed: int
     processed: int
+    # Images handed to the processors so far (the relay publishes a request's
+    # images a window at a time, fairly across requests).
+    published: int
     progress: float
     created_at: datetime
     started_at: datetime | None = None
@@ -87,6 +93,9 @@ class RequestStatus(BaseModel):
     # Why the output CSV could not be built (the notifier dead-lettered the
     # completion; replay it once the cause is fixed).
     output_csv_error: str | None = None
+    # Why the relay stopped publishing this request's images (its stored rows
+    # are damaged): it cannot finish until an operator repairs them.
+    relay_error: str | None = None
     failures: list[Failure]
     failure_count: int
     webhook: Webhook
@@ -121,10 +130,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Read-only data behind unguessable ids: the upload page (another origin) polls it.
     app.add_middleware(CORSMiddleware, allow_origins=s.cors_origins.split(","),
                        allow_methods=["GET"], allow_headers=["*"])
+    problems.install(app)  # every error as application/problem+json (shared/problems.py)
 
     async def load(request: Request, request_id: str) -> dict[str, Any]:
-        doc = await request.app.state.store.requests.find_one(
-            {"_id": request_id, "accepted": True})
+        doc = await request.app.state.store.requests.find_one({"_id": request_id, **VISIBLE})
         if doc is None:
             raise HTTPException(404, detail={
                 "code": "request_not_found",
@@ -139,7 +148,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse({"ok": True, "service": "status-api"})
 
     @app.get("/api/v1/requests/{request_id}", response_model=RequestStatus, tags=["requests"],
-             responses={404: {"description": "unknown request id"}})
+             responses={404: PROBLEM, 500: PROBLEM, 503: PROBLEM})
     async def get_status(request: Request, request_id: str) -> RequestStatus:
         """Status, counts, progress, failures and (when finished) the output CSV URL."""
         doc = await load(request, request_id)
@@ -158,10 +167,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             request_id=doc["_id"], status=doc["status"], product_count=doc["product_count"],
             image_count=total, succeeded=doc["succeeded"], failed=doc["failed"],
             processed=processed, progress=round(processed / total, 4) if total else 1.0,
+            published=int((doc.get("relay") or {}).get("published", total)),
             created_at=doc["created_at"], started_at=doc.get("started_at"),
             completed_at=doc.get("completed_at"), updated_at=doc.get("updated_at"),
             output_csv_url=doc.get("output_csv_url"),
-            output_csv_error=doc.get("output_csv_error"), failures=failures,
+            output_csv_error=doc.get("output_csv_error"), relay_error=doc.get("relay_error"),
+            failures=failures,
             failure_count=doc["failed"],
             webhook=Webhook(url=mask_url(doc.get("webhook_url")), status=hook.get("status", "none"),
                             attempts=hook.get("attempts", 0),
@@ -171,7 +182,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             dead_letters=[DeadLetter(**d) for d in doc.get("dead_letters") or []])
 
     @app.get("/api/v1/requests/{request_id}/products", response_model=list[ProductOut],
-             tags=["requests"])
+             tags=["requests"], responses={404: PROBLEM, 422: PROBLEM, 500: PROBLEM})
     async def get_products(request: Request, request_id: str,
                            offset: int = Query(0, ge=0),
                            limit: int = Query(100, ge=1, le=1000)) -> list[ProductOut]:
@@ -186,11 +197,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/api/v1/requests/{request_id}/output.csv", tags=["requests"],
              response_class=StreamingResponse,
-             responses={200: {"content": {"text/csv": {}}}, 409: {"description": "not done"}})
+             responses={200: {"content": {"text/csv": {}}}, 404: PROBLEM, 409: PROBLEM,
+                        500: PROBLEM})
     async def get_output_csv(request: Request, request_id: str) -> StreamingResponse:
         """The output CSV, built live from the database once the request is finished."""
         doc = await load(request, request_id)
-        if doc["status"] not in TERMINAL_STATUSES:
+        if not is_finished(doc):
             raise HTTPException(409, detail={
                 "code": "not_finished",
                 "message": f"the request is {doc['status']}: try again when it is finished"})

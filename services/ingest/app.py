@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,16 +19,20 @@ from services.ingest.handlers import (
     Accepted,
     CsvRejected,
     Deps,
-    IdempotencyConflict,
+    IdempotencyInProgress,
     WebhookRejected,
     accept_upload,
 )
-from services.ingest.limits import BodyLimit, problem, too_large
+from services.ingest.limits import BodyLimit, too_large
+from services.ingest.reconciler import Reconciler
+from services.ingest.relay import Relay
 from services.ingest.settings import Settings
+from shared import problems
 from shared.errors import InvalidInputError
 from shared.kafka import EventPublisher, ensure_topics
 from shared.logs import setup_logging
 from shared.mongo import Store, make_client, mongo_health
+from shared.problems import PROBLEM, Issue, problem
 from shared.signing import SignatureInvalid
 
 log = logging.getLogger(__name__)
@@ -38,14 +43,6 @@ CSV_TYPES = {"text/csv", "application/csv", "text/plain", "application/vnd.ms-ex
              "text/tab-separated-values", "text/x-csv", "application/octet-stream", ""}
 
 
-class Issue(BaseModel):
-    line: int | None
-    column: str | None
-    code: str
-    message: str
-    value: str | None = None
-
-
 class AcceptedOut(BaseModel):
     request_id: str
     status_url: str
@@ -53,11 +50,6 @@ class AcceptedOut(BaseModel):
     image_count: int
     warnings: list[Issue] = []
     warning_count: int = 0
-
-
-class ErrorsOut(BaseModel):
-    errors: list[Issue]
-    error_count: int
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -72,16 +64,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await ensure_topics(s)
         publisher = EventPublisher(s, client_id="imgpipe-ingest")
         await publisher.start()
-        app.state.deps = Deps(s, store, publisher)
+        relay = Relay(s, store, publisher, reconciler=Reconciler(s, store, publisher))
+        app.state.deps = Deps(s, store, publisher, wake_relay=relay.wake)
+        app.state.relay = relay
+        task = asyncio.create_task(relay.run())
         try:
             yield
         finally:
+            relay.stop()
+            await task
             await publisher.stop()
             await client.close()
 
     app = FastAPI(title="imgpipe ingest API", version="1.0",
                   description="Upload a product-image CSV; get a request id back at once.",
                   lifespan=lifespan)
+    problems.install(app, retry_after=s.retry_after_seconds)
+    slots = asyncio.Semaphore(s.max_concurrent_uploads)  # uploads parsed and stored at once
 
     # Counts the raw upload bytes: a chunked body cannot fill the disk first.
     app.add_middleware(BodyLimit, path=UPLOAD_PATH, max_upload_bytes=s.max_upload_bytes)
@@ -98,12 +97,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         deps: Deps = request.app.state.deps
         if not await mongo_health(deps.store):
             return JSONResponse({"ok": False, "mongo": "unavailable"}, status_code=503)
-        return JSONResponse({"ok": True, "service": "ingest"})
+        relay: Relay | None = getattr(request.app.state, "relay", None)
+        return JSONResponse({"ok": True, "service": "ingest",
+                             "relay": relay.describe() if relay else None})
 
     @app.post(UPLOAD_PATH, status_code=202, response_model=AcceptedOut, tags=["requests"],
-              responses={400: {"model": ErrorsOut}, 413: {"model": ErrorsOut},
-                         415: {"model": ErrorsOut}, 422: {"model": ErrorsOut},
-                         409: {"model": ErrorsOut}},
+              responses={400: PROBLEM, 409: PROBLEM, 413: PROBLEM, 415: PROBLEM,
+                         422: PROBLEM, 500: PROBLEM, 503: PROBLEM},
               openapi_extra={"requestBody": {"required": True, "content": {
                   "multipart/form-data": {"schema": {
                       "type": "object", "required": ["file"],
@@ -137,23 +137,34 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 return too_large(s.max_upload_bytes)
             webhook = form.get("webhook_url")
             try:
+                await asyncio.wait_for(slots.acquire(), timeout=s.upload_wait_seconds)
+            except TimeoutError:
+                log.warning("upload refused: %s uploads already being received",
+                            s.max_concurrent_uploads)
+                return problem(503, "overloaded", "too many uploads are being received right "
+                               "now; retry after the time in Retry-After",
+                               retry_after=s.retry_after_seconds)
+            try:
                 accepted = await accept_upload(
                     deps, upload.file, filename=upload.filename,
                     webhook_url=str(webhook).strip() if webhook else None,
                     idempotency_key=idempotency_key)
             except CsvRejected as exc:
                 report = exc.report
-                return JSONResponse({"errors": [e.as_dict() for e in report.errors],
-                                     "error_count": report.error_count}, status_code=422)
+                return problem(422, exc.code, f"{report.error_count} problem(s) in the CSV: "
+                               "fix them all, then upload again",
+                               errors=[e.as_dict() for e in report.errors],
+                               error_count=report.error_count)
             except WebhookRejected as exc:
                 return problem(422, exc.code, exc.message, "webhook_url")
-            except IdempotencyConflict as exc:
-                return problem(409, exc.code, exc.message)
+            except IdempotencyInProgress as exc:
+                return problem(409, exc.code, exc.message, retry_after=exc.retry_after)
+            finally:
+                slots.release()
         return accepted_body(s, accepted)
 
     @app.post(CALLBACK_PATH, status_code=202, tags=["callbacks"],
-              responses={401: {"model": ErrorsOut}, 404: {"model": ErrorsOut},
-                         422: {"model": ErrorsOut}},
+              responses={401: PROBLEM, 404: PROBLEM, 422: PROBLEM, 503: PROBLEM},
               openapi_extra={"requestBody": {"required": True, "content": {
                   "application/json": {"schema": CallbackIn.model_json_schema()}}}})
     async def image_processed(

@@ -19,7 +19,8 @@ from shared import signing
 from shared.errors import InvalidInputError, PermanentError
 from shared.events import ImageDone, image_id_for
 from shared.logs import request_id_var
-from shared.products import find_product
+from shared.products import product_at
+from shared.requests import VISIBLE
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,8 @@ class CallbacksDisabled(PermanentError):
 
 class CallbackIn(BaseModel):
     request_id: str
-    serial: int = Field(ge=1, lt=2**63, description="the product's S. No.")
+    row: int = Field(ge=0, lt=2**31, description="0-based index of the product among the "
+                     "CSV's data rows (the `row` of its image.requested event)")
     position: int = Field(ge=0, lt=2**31,
                           description="0-based index of the URL within the product")
     url: str = Field(description="the input URL at that position, as uploaded")
@@ -69,23 +71,22 @@ async def accept_callback(deps: Deps, read_body: Callable[[], Awaitable[bytes]],
         where = ".".join(str(p) for p in first["loc"]) or "body"
         raise InvalidInputError(f"{where}: {first['msg']}", code="callback_invalid") from exc
     request_id_var.set(cb.request_id)
-    request = await deps.store.requests.find_one(
-        {"_id": cb.request_id},
-        {"product_count": 1, "page_rows": 1, "serial_offset": 1, "serial_buckets": 1})
-    product = await find_product(deps.store, request, cb.serial) if request else None
+    request = await deps.store.requests.find_one({"_id": cb.request_id, **VISIBLE},
+                                                 {"product_count": 1, "page_rows": 1})
+    product = await product_at(deps.store, request, cb.row) if request else None
     urls = (product or {}).get("input_urls") or []
-    if cb.position >= len(urls) or urls[cb.position] != cb.url:
+    if product is None or cb.position >= len(urls) or urls[cb.position] != cb.url:
         raise InvalidInputError(
-            f"request {cb.request_id} has no image {cb.url!r} at product {cb.serial}, "
+            f"request {cb.request_id} has no image {cb.url!r} at row {cb.row}, "
             f"position {cb.position}", code="unknown_position")
     event = ImageDone(
         request_id=cb.request_id, image_id=image_id_for(cb.request_id, cb.url),
-        serial=cb.serial, position=cb.position, url=cb.url, status=cb.status,
+        serial=product["serial"], row=cb.row, position=cb.position, url=cb.url,
+        status=cb.status,
         output_url=str(cb.output_url) if cb.output_url else None, error_code=cb.error_code,
         error_message=cb.error_message, bytes_in=cb.bytes_in, bytes_out=cb.bytes_out,
         quality_in=cb.quality_in, quality_out=cb.quality_out, output_format=cb.output_format,
         source="callback")
     await deps.publisher.publish(event)
-    log.info("callback accepted for product %s position %s: %s", cb.serial, cb.position,
-             cb.status)
+    log.info("callback accepted for row %s position %s: %s", cb.row, cb.position, cb.status)
     return event

@@ -245,7 +245,8 @@ class Scanner:
             yield _error(line, URLS, "too_many_images", limit=limits.max_images_per_request)
         if not errors and serial is not None:
             # The raw cell (UTF-8) bounds the URLs' bytes; plus BSON's per-item
-            # and per-row overhead.
-            size = len(url_cell.encode()) + 16 * len(urls) + len(name.encode()) + 64
+            # and per-row overhead, and the repeated-URL marks (``lead`` or
+            # ``cover``: at most 40 bytes a position, services/ingest/repeats.py).
+            size = len(url_cell.encode()) + 56 * len(urls) + len(name.encode()) + 96
             self.max_row_bytes = max(self.max_row_bytes, size)
             yield ProductRow(line, serial, name, urls)

@@ -87,14 +87,17 @@ class ValidationReport:
     max_row_bytes: int = 0  # bound on the stored size of the largest valid row
     # The rows of a valid file small enough to keep (``validate(keep_rows=)``).
     rows: list[ProductRow] | None = field(default=None, repr=False)
+    # Of a valid file: fingerprints of the URLs seen more than once (pass 1 of
+    # ``services/ingest/repeats.py``).
+    repeated: set[int] | None = field(default=None, repr=False)
 
     @property
     def ok(self) -> bool:
         return self.error_count == 0
 
     def as_dict(self) -> dict[str, Any]:
-        data = asdict(replace(self, rows=None))  # not the rows: no deep copy of them
-        del data["rows"]
+        data = asdict(replace(self, rows=None, repeated=None))  # no deep copy of them
+        del data["rows"], data["repeated"]
         data["ok"] = self.ok
         return data
 

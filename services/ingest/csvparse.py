@@ -31,6 +31,7 @@ from services.ingest.csv_types import (
     ProductRow,
     ValidationReport,
 )
+from services.ingest.repeats import RepeatFinder
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -62,7 +63,8 @@ def validate(
     ``chunk_size`` is the number of bytes read per ``stream.read`` call. A
     valid file of at most ``keep_rows`` rows comes back with its rows in
     ``report.rows``, so it need not be parsed again (pass 2); a larger one is
-    never held in memory.
+    never held in memory. The fingerprints of the URLs seen more than once
+    come back in ``report.repeated`` (``services/ingest/repeats.py``).
     """
     scanner = Scanner(stream, limits, chunk_size=chunk_size)
     errors: list[CsvIssue] = []
@@ -70,8 +72,10 @@ def validate(
     error_count = warning_count = 0
     cap = limits.max_errors
     kept: list[ProductRow] | None = [] if keep_rows > 0 else None
+    finder = RepeatFinder()
     for event in scanner.events():
         if not isinstance(event, Finding):
+            finder.add(event.urls)
             if kept is not None:
                 kept.append(event)
                 if len(kept) > keep_rows:
@@ -98,6 +102,7 @@ def validate(
         headers=scanner.headers,
         max_row_bytes=scanner.max_row_bytes,
         rows=kept,
+        repeated=finder.repeated() if error_count == 0 else None,
     )
     logger.debug(
         "csv validated: %d products, %d images, %d errors, %d warnings, encoding %s",

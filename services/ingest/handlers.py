@@ -1,8 +1,11 @@
-"""Accepting an upload: validate, store the rows, publish the events.
+"""Accepting an upload: validate, store the request and its rows, answer.
 
-The request becomes visible (``accepted: true``) only after every event was
-acknowledged by Kafka, so an id we return is never a 404 and an id we never
-returned is never processed as if accepted.
+The outbox: an upload is answered ``202`` once its request and every product
+page are durable in MongoDB (``RECEIVING`` → ``QUEUED``, see
+``shared/requests.py``); nothing is published here. The relay
+(``services/ingest/relay.py``) publishes the request's events from what was
+stored. An upload that fails before that is deleted again and its client gets
+an error (its id was never given out, and no event names it).
 """
 
 from __future__ import annotations
@@ -13,23 +16,25 @@ import io
 import logging
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from pymongo.errors import DuplicateKeyError
 
 from services.ingest.csvparse import CsvIssue, ValidationReport, validate
-from services.ingest.enqueue import Withdrawn, store_and_publish
+from services.ingest.pages import UploadDropped, store_pages
+from services.ingest.repeats import Grouper
 from services.ingest.settings import Settings
-from shared.errors import ImgpipeError, InvalidInputError
-from shared.events import RequestCreated, now_utc
+from shared.errors import ImgpipeError, InvalidInputError, TransientError
+from shared.events import now_utc
 from shared.kafka import EventPublisher
 from shared.logs import request_id_var
-from shared.mongo import TERMINAL_STATUSES, Store, db_now, new_request_doc
+from shared.mongo import Store, db_now
 from shared.netguard import check_url, check_url_static
 from shared.products import PageBuilder, id_range, rows_per_page
+from shared.requests import Status, drop_receiving, mark_stored, new_request_doc
+from shared.retry import retry_stale_connection
 
 log = logging.getLogger(__name__)
-STALE_ATTEMPT_SECONDS = 600
 
 
 class CsvRejected(InvalidInputError):
@@ -45,7 +50,15 @@ class WebhookRejected(InvalidInputError):
 
 
 class IdempotencyConflict(InvalidInputError):
-    code = "idempotency_conflict"
+    """The key was used with another file: a client error, not worth retrying."""
+
+    code = "idempotency_key_reused"
+
+
+class IdempotencyInProgress(TransientError):
+    """An upload with this key is still being received: retry shortly."""
+
+    code = "idempotency_in_progress"
 
 
 @dataclass
@@ -61,7 +74,8 @@ class Accepted:
 class Deps:
     settings: Settings
     store: Store
-    publisher: EventPublisher
+    publisher: EventPublisher  # signed callbacks publish their results
+    wake_relay: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def file_digest(stream: BinaryIO) -> str:
@@ -77,10 +91,8 @@ async def accept_upload(deps: Deps, stream: BinaryIO, *, filename: str | None,
                         webhook_url: str | None, idempotency_key: str | None) -> Accepted:
     s = deps.settings
     sha = await asyncio.to_thread(file_digest, stream)
-    if idempotency_key:
-        earlier = await _earlier(deps, idempotency_key, sha)
-        if earlier:
-            return earlier
+    if idempotency_key and (earlier := await _earlier(deps, idempotency_key, sha)):
+        return earlier
     size = stream.seek(0, io.SEEK_END)
     stream.seek(0)
     keep = s.parse_once_max_rows if size <= s.parse_once_max_bytes else 0  # parsed once
@@ -92,120 +104,79 @@ async def accept_upload(deps: Deps, stream: BinaryIO, *, filename: str | None,
 
     request_id = str(uuid.uuid4())
     request_id_var.set(request_id)
-    now = now_utc()
     doc = new_request_doc(
         request_id, product_count=report.product_count, image_count=report.image_count,
-        webhook_url=webhook_url or None, created_at=now, filename=filename, accepted=False,
+        webhook_url=webhook_url or None, created_at=now_utc(), filename=filename,
         file_sha256=sha, warnings=[w.as_dict() for w in report.warnings],
-        warning_count=report.warning_count,
-        page_rows=rows_per_page(report.max_row_bytes))
+        warning_count=report.warning_count, page_rows=rows_per_page(report.max_row_bytes))
     if idempotency_key:
         doc["idempotency_key"] = idempotency_key
-    doc["heartbeat_at"] = await db_now(deps.store)
     try:
-        await deps.store.requests.insert_one(doc)
-    except DuplicateKeyError:  # a concurrent upload with the same key won
-        earlier = await _earlier(deps, idempotency_key or "", sha)
-        if earlier:
+        await retry_stale_connection(lambda: deps.store.requests.insert_one(doc))
+    except DuplicateKeyError as exc:
+        if "_id" in (exc.details or {}).get("keyPattern", {}):
+            pass  # our own insert, retried after its connection broke, had landed
+        elif earlier := await _earlier(deps, idempotency_key or "", sha):
             return earlier
-        raise IdempotencyConflict(  # and was withdrawn meanwhile: the key is free again
-            "an upload with this Idempotency-Key was just withdrawn; retry") from None
+        else:  # a concurrent upload with the same key got there first
+            raise IdempotencyInProgress("an upload with this Idempotency-Key is being "
+                                        "received; retry in a few seconds",
+                                        retry_after=2) from None
     try:
         pages = PageBuilder(request_id, doc["page_rows"])
-        await store_and_publish(deps.store, deps.publisher, s.csv_limits(), s.publish_batch,
-                                pages, stream, report.rows)
-        report.rows = None  # memory
-        # Accepted only once every image event is acknowledged (and only if a
-        # retry has not withdrawn this attempt meanwhile); request-created goes
-        # last, so the aggregator's completion check on it sees the flag.
-        flipped = await deps.store.requests.update_one(
-            {"_id": request_id, "withdrawn": {"$ne": True}},
-            {"$set": {"accepted": True, "serial_offset": pages.serial_offset,
-                      "serial_buckets": pages.serial_buckets}})
-        if not flipped.matched_count:
-            raise Withdrawn("this upload was withdrawn while it was being accepted")
-        await deps.publisher.publish(created_event(doc))
-    except BaseException as exc:
-        log.exception("request %s could not be enqueued; withdrawing it", request_id)
-        if not await _withdraw(deps, request_id) and isinstance(exc, Exception):
-            # It had already finished (its images completed while the last
-            # publish was failing), or a retry with its Idempotency-Key was
-            # already answered with its id: the client gets its id after all.
-            return Accepted(request_id, report.product_count, report.image_count,
-                            report.warnings, report.warning_count)
+        groups = Grouper(request_id, report.repeated)
+        await store_pages(deps.store, s.csv_limits(), s.publish_batch, pages, stream,
+                          report.rows, groups)
+        report.rows = report.repeated = None  # memory
+        if groups.covered:
+            log.info("%s image positions repeat a URL: %s events stand for them",
+                     groups.covered, groups.groups)
+        if not await mark_stored(deps.store, request_id, {}):
+            raise UploadDropped()  # taken over after its last page
+    except BaseException:
+        log.warning("upload %s was not stored; removing what was", request_id)
+        await asyncio.shield(discard(deps.store, request_id))
         raise
+    deps.wake_relay.set()
     log.info("accepted %s products, %s images from %r", report.product_count,
              report.image_count, filename)
     return Accepted(request_id, report.product_count, report.image_count,
                     report.warnings, report.warning_count)
 
 
-def created_event(doc: dict[str, Any]) -> RequestCreated:
-    return RequestCreated(
-        request_id=doc["_id"], product_count=doc["product_count"],
-        image_count=doc["image_count"], webhook_url=doc.get("webhook_url"),
-        created_at=doc["created_at"], source_filename=doc.get("filename"))
-
-
-async def _withdraw(deps: Deps, request_id: str, *, unless_accepted: bool = False) -> bool:
-    """Withdraw an attempt the client will not get an id for.
-
-    True if it is withdrawn (now or earlier: its product pages are deleted
-    again, in case an insert landed after the first delete). False if it
-    stands: it had already finished (the aggregator completed it), a retry
-    with its Idempotency-Key was answered with its id (``answered``), or, with
-    ``unless_accepted``, it was accepted meanwhile.
-    """
-    query: dict[str, Any] = {"_id": request_id, "status": {"$nin": list(TERMINAL_STATUSES)},
-                             "answered": {"$ne": True}}
-    if unless_accepted:
-        query["accepted"] = {"$ne": True}
-    result = await deps.store.requests.update_one(query, {
-        "$set": {"status": "FAILED", "withdrawn": True, "accepted": False,
-                 "error": "could not enqueue the request"},
-        "$unset": {"idempotency_key": ""}})
-    if not result.matched_count:
-        doc = await deps.store.requests.find_one({"_id": request_id}, {"withdrawn": 1})
-        if not (doc or {}).get("withdrawn"):
-            return False
-    await deps.store.product_pages.delete_many({"_id": id_range(request_id)})
-    await deps.store.product_serials.delete_many({"_id": id_range(request_id)})
-    return True
+async def discard(store: Store, request_id: str) -> None:
+    """Remove an upload that never reached QUEUED (best effort: the relay's
+    sweep removes what a failure here leaves behind)."""
+    try:
+        dropped = await drop_receiving(store, request_id)
+        # Not if it is QUEUED after all (its mark_stored landed, the answer was
+        # lost): it is durable and relayed, and a retry with its key gets it.
+        if dropped or await store.requests.find_one({"_id": request_id}, {"_id": 1}) is None:
+            await store.product_pages.delete_many({"_id": id_range(request_id)})
+            await store.url_groups.delete_many({"_id": id_range(request_id)})
+    except Exception as exc:
+        log.warning("could not remove upload %s yet (the sweep will): %r", request_id, exc)
 
 
 async def _earlier(deps: Deps, key: str, sha: str) -> Accepted | None:
-    """The request an earlier upload with this Idempotency-Key made, if it
-    stands; None to go on as a new upload."""
-    doc = await deps.store.requests.find_one({"idempotency_key": key})
+    """The request an earlier upload with this Idempotency-Key made; None to
+    go on as a new upload (none, or an abandoned one, now removed)."""
+    doc = await retry_stale_connection(
+        lambda: deps.store.requests.find_one({"idempotency_key": key}))
     if doc is None:
         return None
     if doc.get("file_sha256") != sha:
         raise IdempotencyConflict(
             "this Idempotency-Key was already used with a different file; "
             "use a new key for a new upload")
-    if not doc.get("accepted"):
-        last = doc.get("heartbeat_at") or doc["updated_at"]  # one per batch, database clock
-        if (await db_now(deps.store) - last).total_seconds() < STALE_ATTEMPT_SECONDS:
-            raise IdempotencyConflict(
-                "an upload with this Idempotency-Key is still being accepted; "
-                "retry in a few seconds")
-        if await _withdraw(deps, doc["_id"], unless_accepted=True):  # it died half-way
-            return None
-        doc = await deps.store.requests.find_one({"_id": doc["_id"]}) or {}
-        if not doc.get("accepted"):
-            raise IdempotencyConflict("an upload with this Idempotency-Key is being "
-                                      "withdrawn; retry in a few seconds")
-    # Published again (idempotent for the aggregator): the first attempt may
-    # have died between accepting and publishing it, leaving no completion check.
-    await deps.publisher.publish(created_event(doc))
-    # Its id is about to be given out, with its request.created acknowledged:
-    # from now on the first attempt, should it still be running and fail, must
-    # not withdraw it.
-    answered = await deps.store.requests.update_one(
-        {"_id": doc["_id"], "accepted": True, "withdrawn": {"$ne": True}},
-        {"$set": {"answered": True}})
-    if not answered.matched_count:
-        return None  # withdrawn meanwhile (its key is free again): a new upload
+    if doc["status"] == Status.RECEIVING:
+        idle = (await db_now(deps.store) - doc["updated_at"]).total_seconds()
+        if idle < deps.settings.receiving_stale_seconds:
+            raise IdempotencyInProgress(
+                "an upload with this Idempotency-Key is still being received; "
+                "retry in a few seconds", retry_after=2)
+        await discard(deps.store, doc["_id"])  # it died half-way: start again
+        return None
     return Accepted(doc["_id"], doc["product_count"], doc["image_count"],
                     [CsvIssue(**w) for w in doc.get("warnings") or []],
                     doc.get("warning_count", 0))
@@ -218,6 +189,8 @@ async def _check_webhook(deps: Deps, url: str) -> None:
             await check_url(url, policy)
         else:
             check_url_static(url, policy)
+    except TransientError:
+        raise  # DNS is away for now: 503 and Retry-After, not "the URL is bad"
     except ImgpipeError as exc:
         raise WebhookRejected(f"webhook_url is not allowed: {exc.message}", code=exc.code) \
             from exc

@@ -13,15 +13,11 @@ import logging
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shared.problems import problem
+
 log = logging.getLogger(__name__)
 # Room for the multipart boundaries, part headers and the small form fields.
 MULTIPART_OVERHEAD = 64 * 1024
-
-
-def problem(status: int, code: str, message: str, column: str | None = None) -> JSONResponse:
-    body = {"errors": [{"line": None, "column": column, "code": code, "message": message}],
-            "error_count": 1}
-    return JSONResponse(body, status_code=status)
 
 
 def too_large(max_upload_bytes: int, hint: str = "split the CSV into smaller files"

@@ -14,6 +14,7 @@ class Settings(CommonSettings):
     max_errors_reported: int = 1000
     # Check webhook URLs (scheme, port, resolved addresses) at upload time.
     check_webhook_dns: bool = True
+    # Rows per batch of product pages stored (the first batch is smaller).
     publish_batch: int = 2000
     # An upload of at most this many bytes and rows is parsed once: its rows
     # stay in memory (~0.3 KB a row plus its text) until accepted. A larger one
@@ -23,6 +24,28 @@ class Settings(CommonSettings):
     # Signed callbacks from an external image-processing service; empty = disabled.
     callback_secret: str = ""
     callback_tolerance_seconds: float = 300.0
+
+    # Backpressure: uploads parsed and stored at once; one more waits up to
+    # upload_wait_seconds for a slot, then gets 503 with Retry-After.
+    max_concurrent_uploads: int = 4
+    upload_wait_seconds: float = 2.0
+    retry_after_seconds: int = 5
+
+    # The relay (services/ingest/relay.py): fair publication of stored requests.
+    relay_window: int = 128  # images published but unfinished, per request
+    relay_batch: int = 256  # events per request per round
+    relay_max_in_flight: int = 4000  # images published but unfinished, in all
+    relay_max_active: int = 1000  # requests looked at per round
+    relay_poll_seconds: float = 0.2
+    relay_lease_seconds: float = 10.0
+    # An upload that stopped storing its pages this long ago is dropped.
+    receiving_stale_seconds: float = 120.0
+
+    # The reconciler (services/ingest/reconciler.py): re-drives positions of
+    # requests with no progress for reconcile_after_seconds.
+    reconcile_interval_seconds: float = 15.0
+    reconcile_after_seconds: float = 300.0
+    reconcile_max_attempts: int = 3
 
     def csv_limits(self) -> CsvLimits:
         return CsvLimits(max_rows=self.max_rows, max_urls_per_row=self.max_urls_per_row,

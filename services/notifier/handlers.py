@@ -12,8 +12,9 @@ attempt starts and cleared when delivery ends. ``webhook.attempts`` counts
 every attempt ever started (before its POST, so a kill during one still counts),
 so ``webhook_max_attempts`` holds across restarts. A duplicate event that finds
 the delivery finished returns; one that finds a live lease held elsewhere
-raises TransientError, so the consumer retries it later and, should the
-holder have crashed, takes over once the lease has expired.
+raises TransientError (``retry_after``: when that lease runs out), so the
+consumer retries it later and, should the holder have crashed, takes over once
+the lease has expired. Webhook retries follow ``retry_policy`` (shared.retry).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -36,8 +36,10 @@ from shared import signing
 from shared.errors import ImgpipeError, PermanentError, TransientError
 from shared.events import RequestCompleted, now_utc
 from shared.logs import request_id_var
-from shared.mongo import TERMINAL_STATUSES, Store, db_now
+from shared.mongo import Store, db_now
 from shared.outputcsv import write_output_csv
+from shared.requests import is_finished
+from shared.retry import GiveUp, RetryPolicy, parse_retry_after
 from shared.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -62,14 +64,11 @@ async def on_request_completed(deps: Deps, ev: RequestCompleted) -> None:
     if doc is None:
         log.warning("request-completed for unknown request; ignored")
         return
-    finished = doc.get("status") in TERMINAL_STATUSES
     stale = doc.get("completed_at") is not None and _ms(doc["completed_at"]) != _ms(
         ev.completed_at)  # an older completion, from before an operator's reset
-    if not doc.get("accepted") or doc.get("withdrawn") or not finished or stale:
-        # The client was told this upload failed, or it is not finished (a stale
-        # completion replayed after a reset): never notify for it.
-        log.warning("request-completed for a request that is %s (accepted=%s); ignored",
-                    doc.get("status"), doc.get("accepted"))
+    if not is_finished(doc) or stale:
+        # Not finished (a stale completion replayed after a reset): never notify for it.
+        log.warning("request-completed for a request that is %s; ignored", doc.get("status"))
         return
     csv_url = doc.get("output_csv_url")
     if not csv_url:
@@ -117,9 +116,11 @@ def lease_seconds(s: Settings) -> float:
     return s.webhook_timeout + s.webhook_backoff_max + LEASE_SLACK_SECONDS
 
 
-def backoff_seconds(s: Settings, attempt: int) -> float:
-    delay = min(s.webhook_backoff_max, s.webhook_backoff_base * 2 ** (attempt - 1))
-    return delay * random.uniform(0.5, 1.0)
+def retry_policy(s: Settings) -> RetryPolicy:
+    """Webhook retries: exponential backoff with full jitter (a receiver's
+    ``Retry-After`` honoured, capped), ``webhook_max_attempts`` in all."""
+    return RetryPolicy(base=s.webhook_backoff_base, cap=s.webhook_backoff_max,
+                       max_attempts=s.webhook_max_attempts)
 
 
 async def claim(deps: Deps, rid: str, owner: str) -> dict[str, Any] | None:
@@ -141,8 +142,10 @@ async def claim(deps: Deps, rid: str, owner: str) -> dict[str, Any] | None:
     if hook.get("status") != "pending":
         log.info("webhook already %s; not sent again", hook.get("status"))
         return None
-    raise TransientError(f"webhook delivery in progress elsewhere (lease until "
-                         f"{hook.get('lease_until')})", code="webhook_in_progress")
+    until = hook.get("lease_until")
+    wait = (until - now).total_seconds() if isinstance(until, datetime) else None
+    raise TransientError(f"webhook delivery in progress elsewhere (lease until {until})",
+                         code="webhook_in_progress", retry_after=wait)
 
 
 async def deliver(deps: Deps, url: str, body_obj: dict[str, Any]) -> None:
@@ -160,6 +163,7 @@ async def deliver(deps: Deps, url: str, body_obj: dict[str, Any]) -> None:
         log.warning("webhook to %s not sent: all %s attempts already made", url, done)
         return
     body = json.dumps(body_obj).encode()
+    policy = retry_policy(s)
     for attempt in range(done + 1, s.webhook_max_attempts + 1):
         # Counted before it is made (a kill during the POST still uses it up),
         # with the lease renewed to cover it and the backoff after it.
@@ -173,35 +177,43 @@ async def deliver(deps: Deps, url: str, body_obj: dict[str, Any]) -> None:
                    "Idempotency-Key": body_obj["notification_id"]}
         if s.webhook_secret:
             headers[signing.HEADER] = signing.sign(s.webhook_secret, body)
-        error, permanent = await _post(deps.http, url, body, headers)
+        error = await _post(deps.http, url, body, headers)
         if error is None:
             await requests.update_one({"_id": rid}, {
                 "$set": {"webhook.status": "delivered", "webhook.delivered_at": now_utc(),
                          "webhook.last_error": None, **release}})
             log.info("webhook delivered to %s (attempt %s)", url, attempt)
             return
-        final = permanent or attempt >= s.webhook_max_attempts
+        decision = policy.decide(error, attempt)
+        final = isinstance(decision, GiveUp)
         await requests.update_one(mine, {"$set": {
-            "webhook.last_error": error,
+            "webhook.last_error": error.message,
             **({"webhook.status": "failed", **release} if final else {})}})
-        log.warning("webhook attempt %s to %s failed: %s", attempt, url, error)
-        if final:
+        log.warning("webhook attempt %s to %s failed: %s", attempt, url, error.message)
+        if isinstance(decision, GiveUp):
             return
-        await asyncio.sleep(backoff_seconds(s, attempt))
+        await asyncio.sleep(decision.delay)
 
 
 async def _post(http: aiohttp.ClientSession, url: str, body: bytes,
-                headers: dict[str, str]) -> tuple[str | None, bool]:
-    """(error or None, whether the error is permanent)."""
+                headers: dict[str, str]) -> ImgpipeError | None:
+    """None once delivered; else the failure, classified for the retry policy
+    (its ``message`` is what ``webhook.last_error`` shows)."""
     try:
         async with http.post(url, data=body, headers=headers, allow_redirects=False) as resp:
-            if 200 <= resp.status < 300:
-                return None, False
-            permanent = resp.status in PERMANENT_HTTP and resp.status not in RETRYABLE_4XX
-            if 300 <= resp.status < 400:
-                return f"http_{resp.status}: webhooks do not follow redirects", True
-            return f"http_{resp.status}", permanent
+            status, code = resp.status, f"http_{resp.status}"
+            if 200 <= status < 300:
+                return None
+            if 300 <= status < 400:
+                return PermanentError(f"{code}: webhooks do not follow redirects", code=code)
+            if status in PERMANENT_HTTP and status not in RETRYABLE_4XX:
+                return PermanentError(code, code=code)
+            return TransientError(code, code=code,
+                                  retry_after=parse_retry_after(resp.headers.get("Retry-After")))
+    except TransientError as exc:
+        return TransientError(f"{exc.code}: {exc.message}", code=exc.code,
+                              retry_after=exc.retry_after)
     except ImgpipeError as exc:  # refused by the address guard
-        return f"{exc.code}: {exc.message}", True
+        return PermanentError(f"{exc.code}: {exc.message}", code=exc.code)
     except (aiohttp.ClientError, TimeoutError) as exc:
-        return f"connection_failed: {exc!r}", False
+        return TransientError(f"connection_failed: {exc!r}", code="connection_failed")

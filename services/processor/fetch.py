@@ -2,18 +2,17 @@
 
 Every hop (the first URL and each redirect, followed by hand) goes through
 ``shared.netguard``; bodies are capped while streaming and sniffed for an image
-signature; transient failures are retried with exponential backoff and full
-jitter, all within ``total_timeout``. See docs/fetching.md for codes and defaults.
+signature; transient failures are retried by a ``shared.retry.RetryPolicy``
+(exponential backoff, full jitter, ``Retry-After`` honoured) up to
+``max_attempts``, all within ``total_timeout``, then reported permanent
+(``FetchRejected`` with the last code). See docs/fetching.md for codes and defaults.
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
-import random
 import socket
-import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from yarl import URL
 
 from shared.errors import FetchRejected, PolicyViolation, TransientError
 from shared.netguard import DEFAULT_USER_AGENT, NetPolicy, check_url_static, guarded_session
+from shared.retry import GiveUp, RetryPolicy, parse_retry_after
 
 log = logging.getLogger(__name__)
 
@@ -78,22 +78,6 @@ def sniff_format(head: bytes) -> str | None:
         if b"avif" in brands or b"avis" in brands:
             return "AVIF"
     return None
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 class _HostLimiter:
@@ -159,6 +143,8 @@ class Fetcher:
         self._resolver = resolver
         self._session: aiohttp.ClientSession | None = None
         self._limiter = _HostLimiter(options.per_host_limit)
+        self.retry = RetryPolicy(base=options.backoff_base, cap=options.backoff_max,
+                                 max_attempts=options.max_attempts)
 
     async def __aenter__(self) -> Fetcher:
         self._ensure_session()
@@ -188,12 +174,6 @@ class Fetcher:
             )
         return self._session
 
-    def _backoff(self, failures: int, retry_after: float | None) -> float:
-        o = self.options
-        if retry_after is not None:
-            return min(max(retry_after, 0.0), o.backoff_max)
-        return random.uniform(0.0, min(o.backoff_max, o.backoff_base * 2 ** (failures - 1)))
-
     async def fetch(self, url: str) -> Fetched:
         """Fetch ``url``; raise PolicyViolation or FetchRejected (with a stable code)."""
         check_url_static(url, self.policy)  # fail fast, before any DNS or socket
@@ -212,12 +192,13 @@ class Fetcher:
                     f"{self.options.total_timeout:g}s exhausted after {attempt} attempt(s)",
                     code="timeout",
                 ) from exc
-            except TransientError as exc:
-                delay = self._backoff(attempt, exc.retry_after)
-                if attempt >= self.options.max_attempts or loop.time() + delay >= deadline:
+            except TransientError as exc:  # anything else propagates: not ours to retry
+                decision = self.retry.decide(exc, attempt)
+                if isinstance(decision, GiveUp) or loop.time() + decision.delay >= deadline:
                     raise FetchRejected(
                         f"gave up after {attempt} attempt(s): {exc.message}", code=exc.code
                     ) from exc
+                delay = decision.delay
                 log.info("fetch %s failed (%s), retry %d in %.2fs", url, exc.code, attempt, delay)
                 await asyncio.sleep(delay)
 

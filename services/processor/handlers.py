@@ -47,11 +47,11 @@ class ImageProcessor:
         request_id_var.set(event.request_id)
         outcome = await self._outcome_for(event)
         done = ImageDone(request_id=event.request_id, image_id=event.image_id,
-                         serial=event.serial, position=event.position, url=event.url,
-                         **outcome.fields)
+                         serial=event.serial, row=event.row, position=event.position,
+                         url=event.url, also=event.also, **outcome.fields)
         await self.publisher.publish(done)
-        log.info("image %s (product %s #%s) %s", event.image_id, event.serial,
-                 event.position, done.status)
+        log.info("image %s (product %s #%s, %s more positions) %s", event.image_id,
+                 event.serial, event.position, len(event.also), done.status)
 
     async def _outcome_for(self, event: ImageRequested) -> Outcome:
         key = f"{event.image_id}/{event.replay_id or ''}"
@@ -100,7 +100,8 @@ async def report_unexpected(publisher: EventPublisher, raw: bytes | None,
     event = decode_as(raw, ImageRequested)
     await publisher.publish(ImageDone(
         request_id=event.request_id, image_id=event.image_id, serial=event.serial,
-        position=event.position, url=event.url, status="failed", error_code="internal_error",
+        row=event.row, position=event.position, url=event.url, also=event.also, status="failed",
+        error_code="internal_error",
         error_message=f"processing failed unexpectedly: {error!r}"[:1000]))
 
 

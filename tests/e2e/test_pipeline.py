@@ -124,7 +124,7 @@ def test_csv_to_output_csv_and_webhook(pipeline: Pipeline, http_server: HttpServ
 def test_unknown_request_is_a_json_404(pipeline: Pipeline) -> None:
     resp = httpx.get(f"{pipeline.status_url}/api/v1/requests/no-such-id")
     assert resp.status_code == 404
-    assert resp.json()["detail"]["code"] == "request_not_found"
+    assert resp.json()["code"] == "request_not_found"
 
 
 def test_invalid_csv_reports_every_error(pipeline: Pipeline) -> None:

@@ -29,7 +29,8 @@ from deploy.procs import free_port
 from deploy.services import health
 from shared.events import ImageDone, RequestCreated
 from shared.kafka import EventPublisher, ensure_topics, key_partitioner
-from shared.mongo import Store, db_now, make_client, new_request_doc, position_id
+from shared.mongo import Store, db_now, make_client, position_id
+from shared.requests import new_request_doc
 from shared.settings import CommonSettings
 from shared.topics import Topic
 
@@ -147,7 +148,7 @@ async def test_a_held_request_holds_back_only_itself_and_its_offset(
     now = await db_now(store)
     await store.requests.insert_one(new_request_doc(
         held, product_count=1, image_count=1, webhook_url=None, created_at=now, filename=None,
-        accepted=True) | {"status": "COMPLETED", "succeeded": 1, "completed_at": now,
+        ) | {"status": "COMPLETED", "succeeded": 1, "completed_at": now,
                           "publish_lease_until": now + timedelta(seconds=lease)})
     stuck = done(held, 1)
     await store.images.insert_one({"_id": position_id(held, 1, 0), "request_id": held,

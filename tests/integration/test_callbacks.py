@@ -44,10 +44,10 @@ def test_callbacks_complete_a_request(pipeline: Pipeline, silent_host: str) -> N
     resp = httpx.post(f"{pipeline.ingest_url}/api/v1/requests",
                       files={"file": ("p.csv", csv, "text/csv")})
     rid = resp.json()["request_id"]
-    ok = {"request_id": rid, "serial": 1, "position": 0, "url": urls[0],
+    ok = {"request_id": rid, "row": 0, "position": 0, "url": urls[0],
           "status": "succeeded", "output_url": "https://cdn.example/out/a.jpg",
           "quality_in": 80, "quality_out": 40}
-    bad = {"request_id": rid, "serial": 1, "position": 1, "url": urls[1], "status": "failed",
+    bad = {"request_id": rid, "row": 0, "position": 1, "url": urls[1], "status": "failed",
            "error_code": "vendor_timeout", "error_message": "the vendor gave up"}
 
     assert post(pipeline, ok, secret="wrong-secret").status_code == 401
@@ -76,3 +76,30 @@ def test_callbacks_complete_a_request(pipeline: Pipeline, silent_host: str) -> N
     assert status["failures"][0]["error_code"] == "vendor_timeout"
     products = httpx.get(f"{pipeline.status_url}/api/v1/requests/{rid}/products").json()
     assert products[0]["output_urls"] == ["https://cdn.example/out/a.jpg", None]
+
+
+def test_a_callback_for_a_covered_position_applies_to_that_position_only(
+        pipeline: Pipeline, silent_host: str) -> None:
+    """A URL repeated at three rows has one event (row 0 leads, rows 1 and 2
+    are covered); a callback addresses any of its positions by row, and its
+    result is that position's alone."""
+    url = f"{silent_host}/same.jpg"
+    csv = "S. No.,Product Name,Input Image Urls\n" + "".join(
+        f"{i},Lamp {i},{url}\n" for i in (1, 2, 3))
+    rid = httpx.post(f"{pipeline.ingest_url}/api/v1/requests",
+                     files={"file": ("p.csv", csv, "text/csv")}).json()["request_id"]
+    for row in (1, 0, 2, 1):  # a covered position first, and once more at the end
+        body = {"request_id": rid, "row": row, "position": 0, "url": url,
+                "status": "succeeded", "output_url": f"https://cdn.example/out/{row}.jpg"}
+        assert post(pipeline, body).status_code == 202
+    deadline = time.monotonic() + 60
+    status: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        status = httpx.get(f"{pipeline.status_url}/api/v1/requests/{rid}").json()
+        if status["processed"] == 3:
+            break
+        time.sleep(0.3)
+    assert (status["status"], status["succeeded"], status["failed"]) == ("COMPLETED", 3, 0)
+    products = httpx.get(f"{pipeline.status_url}/api/v1/requests/{rid}/products").json()
+    assert [p["output_urls"] for p in products] == [
+        [f"https://cdn.example/out/{row}.jpg"] for row in (0, 1, 2)]

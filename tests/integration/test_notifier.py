@@ -59,7 +59,7 @@ class Env:
         url = self.server.url(hook) + "?token=abc" if hook else None
         now = now_utc()
         await self.store.requests.insert_one({
-            "_id": rid, "accepted": True, "status": "COMPLETED", "product_count": 1,
+            "_id": rid, "status": "COMPLETED", "product_count": 1,
             "image_count": 1, "succeeded": 1, "failed": 0, "webhook_url": url,
             "webhook": webhook or {"status": "pending" if url else "none", "attempts": 0},
             "created_at": now, "completed_at": now, "output_csv_url": None, "page_rows": 100})
@@ -135,6 +135,18 @@ async def test_retryable_statuses_are_retried_then_delivered(env: Env, status: i
     assert len(ids) == 1  # one notification, sent twice
 
 
+async def test_a_receivers_retry_after_is_honoured_up_to_the_backoff_cap(env: Env) -> None:
+    ev = await env.request()
+    env.server.statuses["hook"] = [503, 204]
+    env.server.retry_after["hook"] = "3600"
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    await on_request_completed(env.deps, ev)
+    # The cap (0.2 s), not an hour; and not the first backoff (at most 0.05 s).
+    assert 0.18 <= loop.time() - start < 3.0
+    assert (await env.hook(ev))["status"] == "delivered"
+
+
 async def test_the_attempt_cap_counts_every_delivery(env: Env) -> None:
     ev = await env.request()
     env.server.statuses["hook"] = [500] * 10
@@ -167,9 +179,11 @@ async def test_a_live_lease_defers_and_an_expired_one_is_taken_over(env: Env) ->
     ev = await env.request(webhook={
         "status": "pending", "attempts": 1, "lease_owner": "dead",
         "lease_until": now_utc() + timedelta(seconds=lease_seconds(env.deps.settings))})
-    with pytest.raises(TransientError):
+    with pytest.raises(TransientError) as err:
         await on_request_completed(env.deps, ev)
     assert env.server.received == []
+    # The consumer is told when the lease runs out (the loop caps that wait).
+    assert 0 < (err.value.retry_after or 0) <= lease_seconds(env.deps.settings) + 1
     await env.store.requests.update_one({"_id": ev.request_id}, {
         "$set": {"webhook.lease_until": now_utc() - timedelta(seconds=1)}})
     await on_request_completed(env.deps, ev)
@@ -270,12 +284,12 @@ async def test_the_output_csv_is_stored_once_and_recorded(env: Env) -> None:
     assert env.server.received == []  # no webhook URL, nothing sent
 
 
-@pytest.mark.parametrize("state", [{"withdrawn": True}, {"accepted": False},
-                                   {"status": "QUEUED"}])
+@pytest.mark.parametrize("state", [{"status": "RECEIVING"}, {"status": "QUEUED"},
+                                   {"status": "PROCESSING"}])
 async def test_no_csv_and_no_webhook_for_a_request_not_to_notify(
         env: Env, state: dict[str, Any]) -> None:
-    """A withdrawn upload (the client got a 5xx), one never accepted, or a stale
-    completion replayed after a reset: nothing is stored or sent."""
+    """A request that is not finished (a stale completion replayed after a
+    reset): nothing is stored or sent."""
     ev = await env.request()
     await env.store.requests.update_one({"_id": ev.request_id}, {"$set": state})
     await on_request_completed(env.deps, ev)

@@ -9,11 +9,11 @@ import pytest
 
 from shared.errors import PermanentError
 from shared.events import now_utc
-from shared.mongo import Store, new_request_doc, position_id
-from shared.products import PageBuilder, check_complete, find_product, iter_products, page_id
+from shared.mongo import Store, position_id
+from shared.products import PageBuilder, check_complete, iter_products, page_id, product_at
+from shared.requests import Status, new_request_doc
 
 pytestmark = pytest.mark.stack
-
 
 
 async def stored_request(store: Store, serials: list[int], page_rows: int) -> dict[str, Any]:
@@ -27,12 +27,9 @@ async def stored_request(store: Store, serials: list[int], page_rows: int) -> di
     if (last := pages.flush()) is not None:
         docs.append(last)
     await store.product_pages.insert_many(docs)
-    if directory := pages.serial_docs():
-        await store.product_serials.insert_many(directory)
     request = new_request_doc(rid, product_count=len(serials), image_count=0, webhook_url=None,
-                              created_at=now_utc(), filename=None, accepted=True,
-                              page_rows=page_rows, serial_offset=pages.serial_offset,
-                              serial_buckets=pages.serial_buckets)
+                              created_at=now_utc(), filename=None, status=Status.QUEUED,
+                              page_rows=page_rows)
     await store.requests.insert_one(request)
     return request
 
@@ -70,25 +67,16 @@ async def test_a_window_of_products_crosses_page_boundaries(
     assert window == serials[start:start + limit]
 
 
-@pytest.mark.parametrize("accepted", [True, False])
-async def test_a_product_is_found_by_serial_whether_or_not_serials_follow_rows(
-        store: Store, monkeypatch: pytest.MonkeyPatch, accepted: bool) -> None:
-    monkeypatch.setattr("shared.products.SERIALS_PER_DOC", 2)  # several directory documents
-    linear = await stored_request(store, list(range(1001, 1011)), page_rows=4)
-    shuffled = await stored_request(store, [5, 1, 9, 3, 7, 2, 11, 40], page_rows=3)
-    assert (linear["serial_offset"], linear["serial_buckets"]) == (1001, None)
-    assert (shuffled["serial_offset"], shuffled["serial_buckets"]) == (None, 4)
-    if not accepted:  # a callback racing the upload: neither is set yet
-        for request in (linear, shuffled):
-            request.update(serial_offset=None, serial_buckets=None)
-    for request, serial in [(linear, 1001), (linear, 1006), (linear, 1010),
-                            (shuffled, 5), (shuffled, 7), (shuffled, 2), (shuffled, 40)]:
-        found = await find_product(store, request, serial)
+async def test_a_product_is_found_by_its_row_with_one_read(store: Store) -> None:
+    serials = [5, 1, 9, 3, 7, 2, 11, 40]
+    request = await stored_request(store, serials, page_rows=3)
+    for row, serial in enumerate(serials):
+        found = await product_at(store, request, row)
         assert found is not None and found["serial"] == serial
         assert found["input_urls"][0] == f"http://in/{serial}/0.jpg"
-    for request, serial in [(linear, 1000), (linear, 1011), (linear, 1),
-                            (shuffled, 4), (shuffled, 10), (shuffled, 2**62)]:
-        assert await find_product(store, request, serial) is None
+        assert found["line"] == row + 2
+    for row in (-1, len(serials), 2**31):
+        assert await product_at(store, request, row) is None
 
 
 async def test_a_missing_page_is_an_error_not_a_shorter_list(store: Store) -> None:

@@ -9,18 +9,18 @@ from pydantic import ValidationError
 
 from services.ingest.callbacks import CallbackIn
 
-BODY: dict[str, Any] = {"request_id": "r", "serial": 1, "position": 0,
+BODY: dict[str, Any] = {"request_id": "r", "row": 0, "position": 0,
                         "url": "https://images.example/a.jpg", "status": "failed",
                         "error_code": "fetch_failed"}
 
 
 @pytest.mark.parametrize(("field", "value"), [
-    ("serial", 0), ("serial", 2**63), ("serial", -1), ("position", -1), ("position", 2**31)])
+    ("row", -1), ("row", 2**31), ("position", -1), ("position", 2**31)])
 def test_numbers_out_of_range_are_invalid_input_not_a_crash(field: str, value: int) -> None:
     with pytest.raises(ValidationError):
         CallbackIn.model_validate({**BODY, field: value})
 
 
 def test_the_largest_numbers_allowed_validate() -> None:
-    cb = CallbackIn.model_validate({**BODY, "serial": 2**63 - 1, "position": 2**31 - 1})
-    assert (cb.serial, cb.position) == (2**63 - 1, 2**31 - 1)
+    cb = CallbackIn.model_validate({**BODY, "row": 2**31 - 1, "position": 2**31 - 1})
+    assert (cb.row, cb.position) == (2**31 - 1, 2**31 - 1)

@@ -6,15 +6,15 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-import pytest
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-import shared.consumer as consumer_mod
 from shared.consumer import ConsumerLoop, _Tracker
 from shared.errors import InvalidInputError, TransientError
+from shared.retry import RetryPolicy
 
 A, B = TopicPartition("t", 0), TopicPartition("t", 1)
+FAST = RetryPolicy(base=0.001, cap=0.001, max_unexpected_attempts=4)  # no real waits
 
 
 def record(tp: TopicPartition, offset: int) -> ConsumerRecord[bytes, bytes]:
@@ -58,11 +58,6 @@ class FakeConsumer:
         return next((c[tp] for c in reversed(self.commits) if tp in c), None)
 
 
-@pytest.fixture(autouse=True)
-def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(consumer_mod, "backoff", lambda attempt: 0.001)
-
-
 async def eventually(check: Callable[[], bool], within: float = 5.0) -> None:
     """Bounded polling: no bare sleeps, no unbounded waits."""
     for _ in range(int(within / 0.005)):
@@ -95,7 +90,7 @@ async def test_permanent_errors_are_parked_even_when_parking_fails_at_first() ->
         parked.append(rec.offset)
 
     loop = ConsumerLoop(fake, handler, dead_letter=dead_letter,
-                        commit_interval=0)
+                        commit_interval=0, policy=FAST)
     await run_until(loop, lambda: fake.committed(A) == 2)
     assert parked == [0] and loop.dead_lettered == 1 and loop.handled == 2
 
@@ -116,9 +111,9 @@ async def test_a_bug_is_dead_lettered_after_a_few_attempts_but_an_outage_is_not(
         parked.append(repr(exc))
 
     loop = ConsumerLoop(fake, handler, dead_letter=dead_letter,
-                        commit_interval=0)
+                        commit_interval=0, policy=FAST)
     await run_until(loop, lambda: fake.committed(A) == 1 and calls[B] > 20)
-    assert calls[A] == consumer_mod.MAX_UNEXPECTED_ATTEMPTS
+    assert calls[A] == FAST.max_unexpected_attempts
     assert parked == ["KeyError('output_urls')"]
     assert fake.committed(B) is None  # the retried message is not committed past
 
@@ -133,7 +128,7 @@ async def test_a_full_loop_pauses_and_keeps_polling() -> None:
         await release.wait()
 
     loop = ConsumerLoop(fake, handler, dead_letter=None,  # type: ignore[arg-type]
-                        max_in_flight=2, commit_interval=0)
+                        max_in_flight=2, commit_interval=0, policy=FAST)
     task = asyncio.create_task(loop.run())
     await eventually(lambda: len(seen) == 2)
     polls = fake.polls
@@ -157,7 +152,7 @@ async def test_revoked_work_is_cancelled_after_the_grace_period_and_not_recorded
             await asyncio.sleep(3600)
 
     loop = ConsumerLoop(fake, handler, dead_letter=None,  # type: ignore[arg-type]
-                        revoke_seconds=0.05, commit_interval=0)
+                        revoke_seconds=0.05, commit_interval=0, policy=FAST)
     task = asyncio.create_task(loop.run())
     await started.wait()
     await loop.revoke({A})
@@ -174,7 +169,7 @@ async def test_stop_during_a_retry_leaves_the_message_uncommitted() -> None:
         raise TransientError("down")
 
     loop = ConsumerLoop(fake, handler, dead_letter=None,  # type: ignore[arg-type]
-                        commit_interval=0)
+                        commit_interval=0, policy=FAST)
     task = asyncio.create_task(loop.run())
     await asyncio.sleep(0.05)
     loop.stop()
@@ -210,6 +205,21 @@ async def test_give_up_reports_before_parking_a_bug_but_not_a_bad_event() -> Non
         events.append(f"dead_letter {rec.offset}")
 
     loop = ConsumerLoop(fake, handler, dead_letter=dead_letter,
-                        give_up=give_up, commit_interval=0)
+                        give_up=give_up, commit_interval=0, policy=FAST)
     await run_until(loop, lambda: fake.committed(A) == 2)
     assert events == ["dead_letter 0", "give_up 1", "give_up 1", "dead_letter 1"]
+
+
+async def test_a_retry_after_is_waited_out_capped_by_the_policy() -> None:
+    fake = FakeConsumer({A: [0]})
+    calls: list[float] = []
+
+    async def handler(rec: Any) -> None:
+        calls.append(asyncio.get_running_loop().time())
+        if len(calls) == 1:
+            raise TransientError("lease held elsewhere", retry_after=100.0)
+
+    loop = ConsumerLoop(fake, handler, dead_letter=None,  # type: ignore[arg-type]
+                        commit_interval=0, policy=RetryPolicy(base=0.001, cap=0.2))
+    await run_until(loop, lambda: fake.committed(A) == 1)
+    assert 0.15 <= calls[1] - calls[0] < 3.0  # the cap, not 100 s, nor the 1 ms base

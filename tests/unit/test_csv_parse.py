@@ -251,7 +251,8 @@ def test_validate_streams_with_bounded_memory() -> None:
         assert report.ok
         assert stream.max_read <= 64 * 1024
     assert report.product_count == 40_000 and report.image_count == 80_000
-    # 20x the rows: memory grows only by the serial registry (4 bytes per serial).
+    # 20x the rows: memory grows only by the serial registry (4 bytes per serial)
+    # and the URLs' fingerprints (8 bytes per URL: services/ingest/repeats.py).
     assert peaks[1] < peaks[0] + 1_000_000, peaks
 
 

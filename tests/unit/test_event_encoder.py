@@ -11,22 +11,23 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.ingest.csvparse import ProductRow
-from services.ingest.enqueue import _prepare
 from shared.events import (
     ImageRequested,
     ImageRequestedEncoder,
     _uuid_str,
     decode,
+    decode_as,
     event_key,
     image_id_for,
 )
-from shared.products import PageBuilder
 
 NAMES = ["Product 1", 'He said "hi"', "back\\slash", "tab\tnew\nline\r", "ctl \x00\x01\x1f\x7f",
          "é ü ß 中文 日本語", "emoji 🙂🚀", "line sep \u2028 para \u2029", "</script>", "", " x "]
 URLS = ["https://images.example.com/p1/0.jpg", 'https://x.test/a"b.png',
         "https://x.test/ünïcode/图片.jpg?q=1&r=2", "https://x.test/%20space\\", "http://x/\u2028"]
+
+
+ROW = 41
 
 
 def _model_bytes(value: bytes, request_id: str, serial: int, name: str, position: int,
@@ -35,20 +36,22 @@ def _model_bytes(value: bytes, request_id: str, serial: int, name: str, position
     event_id and occurred_at (the only fields that are not deterministic)."""
     sent = json.loads(value)
     return ImageRequested(request_id=request_id, image_id=image_id_for(request_id, url),
-                          serial=serial, product_name=name, position=position, url=url,
-                          event_id=sent["event_id"], occurred_at=sent["occurred_at"]).encode()
+                          serial=serial, row=ROW, product_name=name, position=position,
+                          url=url, event_id=sent["event_id"],
+                          occurred_at=sent["occurred_at"]).encode()
 
 
 def _check(request_id: str, serial: int, name: str, urls: list[str],
            occurred_at: datetime | None = None) -> None:
-    encoded = ImageRequestedEncoder(request_id).encode_product(serial, name, urls, occurred_at)
+    encoded = ImageRequestedEncoder(request_id).encode_product(serial, ROW, name, urls,
+                                                               occurred_at)
     assert len(encoded) == len(urls)
     for position, ((key, value), url) in enumerate(zip(encoded, urls, strict=True)):
         assert value == _model_bytes(value, request_id, serial, name, position, url)
         event = decode(value)
         assert isinstance(event, ImageRequested)
-        assert (event.request_id, event.serial, event.product_name, event.position, event.url) \
-            == (request_id, serial, name, position, url)
+        assert (event.request_id, event.serial, event.row, event.product_name, event.position,
+                event.url) == (request_id, serial, ROW, name, position, url)
         assert event.image_id == image_id_for(request_id, url)
         assert key == event_key(event) == event.image_id.encode()
         assert uuid.UUID(event.event_id).version == 4
@@ -94,7 +97,7 @@ def test_byte_identical_for_arbitrary_text(request_id: str, serial: int, name: s
 
 
 def test_duplicate_urls_share_the_image_id_and_key() -> None:
-    encoded = ImageRequestedEncoder("r").encode_product(1, "n", ["u", "v", "u"])
+    encoded = ImageRequestedEncoder("r").encode_product(1, 0, "n", ["u", "v", "u"])
     assert encoded[0][0] == encoded[2][0] != encoded[1][0]
     ids = {json.loads(v)["event_id"] for _, v in encoded}
     assert len(ids) == 3
@@ -115,22 +118,23 @@ def test_image_id_equals_uuid5() -> None:
             uuid.UUID("6a1f0d3e-8a57-4c1e-9d5e-2f0b7c9e4a11"), f"req-1\n{url}"))
 
 
-def test_prepare_batches_whole_pages_of_rows_and_their_events() -> None:
-    rows = [ProductRow(line=i + 2, serial=i + 1, name=NAMES[i % len(NAMES)],
-                       urls=URLS[: 1 + i % len(URLS)]) for i in range(25)]
-    it, pages = iter(rows), PageBuilder("req", page_rows=4)
-    encoder = ImageRequestedEncoder("req")
-    docs1, msgs1 = _prepare(pages, encoder, it, 10)
-    docs2, msgs2 = _prepare(pages, encoder, it, 100)
-    docs3, msgs3 = _prepare(pages, encoder, it, 100)
-    # a batch ends on a page boundary, the last page is partial
-    assert [d["first_row"] for d in docs1] == [0, 4, 8]
-    assert [d["first_row"] for d in docs2] == [12, 16, 20, 24]
-    assert (docs3, msgs3) == ([], [])
-    stored = [r for d in docs1 + docs2 for r in d["rows"]]
-    assert stored == [{"serial": r.serial, "name": r.name, "line": r.line, "input_urls": r.urls}
-                      for r in rows]
-    assert pages.serial_offset == 1
-    events = [decode(v) for _, v in msgs1 + msgs2]
-    assert [(e.serial, e.position, e.url) for e in events if isinstance(e, ImageRequested)] \
-        == [(r.serial, p, u) for r in rows for p, u in enumerate(r.urls)]
+def test_a_range_of_positions_is_encoded_with_their_own_positions() -> None:
+    encoded = ImageRequestedEncoder("r").encode_product(3, 2, "n", URLS, start=1, stop=4)
+    events = [decode_as(v, ImageRequested) for _, v in encoded]
+    assert [(e.row, e.position, e.url) for e in events] == [(2, i, URLS[i]) for i in (1, 2, 3)]
+    assert ImageRequestedEncoder("r").encode_product(3, 2, "n", URLS, start=2, stop=2) == []
+
+
+def test_also_and_covered_positions_are_encoded_like_the_model() -> None:
+    """A leader lists the positions it covers (``also``); covered positions of
+    the range get no event of their own."""
+    rid = str(uuid.uuid4())
+    refs = [(5, 6, 0), (9, 10**12, 3), (2**31, 2**53, 49)]
+    encoded = ImageRequestedEncoder(rid).encode_product(
+        7, ROW, "n", URLS, covered={1, 3}, also={0: refs, 2: refs[:1]})
+    events = [decode_as(v, ImageRequested) for _, v in encoded]
+    assert [e.position for e in events] == [0, 2, 4]
+    assert [[(a.row, a.serial, a.position) for a in e.also] for e in events] == [
+        refs, refs[:1], []]
+    for (_, value), event in zip(encoded, events, strict=True):
+        assert value == event.encode()  # byte-identical, ``also`` included

@@ -88,3 +88,23 @@ def test_dead_letter_envelope() -> None:
     body = json.loads(dead_letter_body(b"\xffabc", "aggregator:t", ValueError("bad")))
     assert body == {"source": "aggregator:t", "error": "bad", "value": "\ufffdabc"}
     assert json.loads(dead_letter_body(None, "s", "e"))["value"] == ""
+
+
+@pytest.mark.parametrize("kind", ["image.requested", "image.done"])
+def test_also_lists_the_other_positions_of_the_url(kind: str) -> None:
+    event = decode((GOLDEN / f"{kind}.also.v1.json").read_bytes())
+    assert isinstance(event, ImageRequested | ImageDone)
+    assert [(a.row, a.serial, a.position) for a in event.also] == [(1, 2, 0), (4, 5, 1)]
+    assert json.loads(event.encode())["also"] == [
+        {"row": 1, "serial": 2, "position": 0, "product_name": "SKU2"},
+        {"row": 4, "serial": 5, "position": 1, "product_name": "SKU5"}]
+
+
+@pytest.mark.parametrize("kind", ["image.requested", "image.done"])
+def test_an_image_event_from_before_also_still_decodes(kind: str) -> None:
+    """``also`` was added to schema version 1: events without it (published by
+    earlier code, still on the topics) stand for their own position only."""
+    older = json.loads((GOLDEN / f"{kind}.v1.json").read_bytes())
+    del older["also"]
+    event = decode(json.dumps(older))
+    assert isinstance(event, ImageRequested | ImageDone) and event.also == []

@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from services.processor.fetch import Fetcher, FetchOptions
-from shared.errors import PolicyViolation
+from shared.errors import FetchRejected, PolicyViolation, TransientError
 from shared.netguard import (
     GuardedResolver,
     NetPolicy,
@@ -215,6 +215,33 @@ def test_public_addresses_allowed() -> None:
         check_ip(ip, policy)
     check_url_static("https://93.184.215.14/a.png", policy)
     check_url_static("http://images.example.org/a.png", policy)
+
+
+class FailingResolver(StubResolver):
+    def __init__(self, error: BaseException | None) -> None:
+        super().__init__({})
+        self.error = error
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        if self.error is not None:
+            raise self.error
+        await asyncio.sleep(3600)  # never answers
+        return []
+
+
+@pytest.mark.parametrize(("error", "kind"), [
+    (socket.gaierror(socket.EAI_NONAME, "Name or service not known"), FetchRejected),
+    (socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution"), TransientError),
+    (None, TransientError),  # no answer within dns_timeout
+])
+async def test_a_name_that_does_not_resolve_is_refused_but_a_dns_outage_is_transient(
+        error: BaseException | None, kind: type[Exception]) -> None:
+    with pytest.raises(kind) as err:
+        await check_url("https://cdn.test/a.png", NetPolicy(), FailingResolver(error),
+                        dns_timeout=0.05)
+    assert getattr(err.value, "code", None) == "dns_failed"
 
 
 async def test_hostname_resolving_to_public_passes() -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from services.processor.handlers import ImageProcessor
 from shared.errors import FetchRejected, TransientError
-from shared.events import ImageDone, ImageRequested, image_id_for
+from shared.events import ImageDone, ImageRequested, PositionRef, image_id_for
 
 
 @dataclass
@@ -72,9 +72,14 @@ def processor(calls: Calls) -> ImageProcessor:
     return ImageProcessor(Fetcher(), Pool(), Store(), Publisher())  # type: ignore[arg-type]
 
 
-def requested(url: str, serial: int = 1, replay_id: str | None = None) -> ImageRequested:
+ALSO = [PositionRef(row=5, serial=6, position=0), PositionRef(row=9, serial=10, position=2)]
+
+
+def requested(url: str, serial: int = 1, replay_id: str | None = None,
+              also: list[PositionRef] | None = None) -> ImageRequested:
     return ImageRequested(request_id="r", image_id=image_id_for("r", url), serial=serial,
-                          product_name="P", position=0, url=url, replay_id=replay_id)
+                          product_name="P", position=0, url=url, replay_id=replay_id,
+                          also=also or [])
 
 
 async def test_our_own_outage_is_retried_not_recorded_as_a_failed_image() -> None:
@@ -117,8 +122,17 @@ async def test_a_message_given_up_on_is_reported_as_a_failed_image() -> None:
         async def publish(self, event: Any) -> None:
             published.append(event)
 
-    raw = requested("http://x/a.jpg", serial=4).encode()
+    raw = requested("http://x/a.jpg", serial=4, also=ALSO).encode()
     await report_unexpected(Publisher(), raw, KeyError("width"))  # type: ignore[arg-type]
     [done] = published
     assert (done.serial, done.status, done.error_code) == (4, "failed", "internal_error")
+    assert done.also == ALSO  # every position the event stood for is reported
     assert "KeyError" in (done.error_message or "")
+
+
+async def test_the_result_applies_to_every_position_the_event_stands_for() -> None:
+    calls = Calls()
+    await processor(calls).handle(requested("http://x/a.jpg", also=ALSO))
+    [done] = calls.published
+    assert done.also == ALSO and done.status == "succeeded"
+    assert len(calls.fetches) == 1

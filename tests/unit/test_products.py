@@ -6,7 +6,6 @@ import io
 from typing import Any
 
 import bson
-import pytest
 
 from services.ingest.csvparse import iter_products, validate
 from shared.products import (
@@ -15,7 +14,6 @@ from shared.products import (
     PageBuilder,
     page_id,
     rows_per_page,
-    serial_bucket,
 )
 
 
@@ -41,28 +39,6 @@ def test_rows_are_grouped_in_order_with_computable_ids() -> None:
 def test_page_ids_sort_in_row_order() -> None:
     ids = [page_id("rid", row) for row in (0, 9, 10, 99, 100, 1_000_000)]
     assert ids == sorted(ids)
-
-
-def test_serial_offset_is_known_only_when_serials_follow_the_rows() -> None:
-    assert build([1, 2, 3, 4], 2)[0].serial_offset == 1
-    assert build([1001, 1002, 1003], 2)[0].serial_offset == 1001
-    assert build([1, 2, 4, 5], 2)[0].serial_offset is None
-    assert build([3, 2, 1], 2)[0].serial_offset is None
-    assert build([], 2)[0].serial_offset is None
-
-
-def test_the_serial_directory_maps_every_serial_to_its_row(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("shared.products.SERIALS_PER_DOC", 3)
-    serials = [4, 5, 6, 7, 1, 30, 2, 9, 100, 3]  # follows rows at first, then not
-    pages, _ = build(serials, page_rows=4)
-    assert pages.serial_offset is None and pages.serial_buckets == 4
-    docs = pages.serial_docs()
-    assert [d["_id"] for d in docs] == [page_id("rid", b) for b in range(4)]
-    found = {int(k): (row, d["_id"]) for d in docs for k, row in d["rows"].items()}
-    assert {s: row for s, (row, _) in found.items()} == {s: r for r, s in enumerate(serials)}
-    assert all(doc_id == page_id("rid", serial_bucket(s, 4)) for s, (_, doc_id) in found.items())
-    assert build([1, 2, 3], 2)[0].serial_docs() == []
 
 
 def test_flush_of_an_empty_builder_is_none() -> None:
@@ -108,10 +84,3 @@ def test_ordinary_files_get_full_pages() -> None:
     assert rows_per_page(0) == MAX_PAGE_ROWS and rows_per_page(MAX_PAGE_BYTES * 2) == 1
 
 
-@pytest.mark.parametrize("step", [1, 7, 10, 100, 1000, 20, 40, 2**32])
-def test_serials_spread_evenly_over_the_directory_whatever_their_step(step: int) -> None:
-    buckets, n = 20, 20_000
-    sizes = [0] * buckets
-    for i in range(1, n + 1):
-        sizes[serial_bucket(i * step, buckets)] += 1
-    assert max(sizes) < 1.2 * n / buckets
