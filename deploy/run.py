@@ -17,8 +17,22 @@ from deploy import services
 from deploy.brokers import display_name
 from deploy.localstack import stack_from_env
 from deploy.procs import StackError
+from shared import webhook_signing
 
 log = logging.getLogger("run")
+
+
+def webhook_secret(data: Path) -> str:
+    """IMGPIPE_WEBHOOK_SECRET, else the local stack's own, made once and kept
+    in ``<data>/webhook_secret`` so receivers keep verifying across restarts."""
+    if given := os.environ.get("IMGPIPE_WEBHOOK_SECRET"):
+        return given
+    path = data / "webhook_secret"
+    if not path.exists():
+        data.mkdir(parents=True, exist_ok=True)
+        path.write_text(webhook_signing.new_secret() + "\n")
+        path.chmod(0o600)
+    return path.read_text().strip()
 
 
 def main() -> int:
@@ -34,7 +48,8 @@ def main() -> int:
         log.info("starting the local stack (S3, Kafka, MongoDB APIs) in %s ...", data / "stack")
         state = stack.up()
         env = {**state.env(), "IMGPIPE_FETCH_ALLOW_NETWORKS": os.environ.get(
-            "IMGPIPE_FETCH_ALLOW_NETWORKS", "127.0.0.0/8")}
+            "IMGPIPE_FETCH_ALLOW_NETWORKS", "127.0.0.0/8"),
+               "IMGPIPE_WEBHOOK_SECRET": webhook_secret(data)}
         ports = services.ServicePorts()
         log.info("starting the services (logs in %s) ...", data / "logs")
         running = services.start(services.plan(env, ports, processors=int(
@@ -47,7 +62,9 @@ def main() -> int:
             f"({display_name(state.broker)})\n"
             f"  MongoDB API:        {env['IMGPIPE_MONGO_URI']}\n"
             f"  S3 API:             http://{env['IMGPIPE_S3_ENDPOINT']}  "
-            f"(keys in {data / 'stack' / 'credentials.json'})\n\n")
+            f"(keys in {data / 'stack' / 'credentials.json'})\n"
+            f"  Webhooks signed with the secret in {data / 'webhook_secret'} "
+            "(Standard Webhooks; docs/api.md#webhook)\n\n")
         sys.stdout.flush()
         while not stop.wait(1.0):
             pass

@@ -25,6 +25,7 @@ from deploy.procs import (
     stop_pid,
     wait_until,
 )
+from shared import webhook_signing
 
 log = logging.getLogger("services")
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,6 +80,8 @@ class Services:
 def plan(base_env: dict[str, str], ports: ServicePorts, *, processors: int = 2) -> list[Service]:
     env = dict(base_env)
     env.setdefault("IMGPIPE_STATUS_BASE_URL", f"http://127.0.0.1:{ports.status}")
+    if not env.get("IMGPIPE_WEBHOOK_UNSIGNED"):  # a caller that gave none: a fresh one
+        env.setdefault("IMGPIPE_WEBHOOK_SECRET", webhook_signing.new_secret())
     out = [
         Service("ingest", _module("services.ingest"),
                 {**env, "IMGPIPE_INGEST_PORT": str(ports.ingest)}, ports.ingest),

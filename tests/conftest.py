@@ -28,8 +28,10 @@ from deploy.brokers import BROKERS, start_kafka, start_tansu
 from deploy.kafka import find_java
 from deploy.localstack import LocalStack, StackState
 from deploy.procs import free_port, stop_pid
+from shared import webhook_signing
 from shared.mongo import Store, make_client
 from shared.settings import CommonSettings
+from shared.signing import SignatureInvalid
 
 log = logging.getLogger("tests")
 
@@ -119,7 +121,8 @@ def running_pipeline(stack_env: dict[str, str], logs: Path, *, processors: int =
                      ) -> Iterator[Pipeline]:
     """Every service on a stack, on free ports; stopped (log tails shown on CI) after."""
     ports = services.ServicePorts.free()
-    env = {**stack_env, **PIPELINE_ENV, "IMGPIPE_CALLBACK_SECRET": secrets.token_hex(16)}
+    env = {**stack_env, **PIPELINE_ENV, "IMGPIPE_CALLBACK_SECRET": secrets.token_hex(16),
+           "IMGPIPE_WEBHOOK_SECRET": WEBHOOK_SECRET}
     running = services.start(services.plan(env, ports, processors=processors), log_dir=logs,
                              timeout=240, wait_for_assignment=True)
     try:
@@ -161,9 +164,19 @@ def env_for(state: StackState) -> dict[str, str]:
             "IMGPIPE_TOPIC_PARTITIONS": "4", "IMGPIPE_FETCH_ALLOW_NETWORKS": "127.0.0.0/8"}
 
 
+# Every webhook the tests receive is signed with it (tests/conftest.py's
+# receiver verifies each one, as a merchant's would).
+WEBHOOK_SECRET = webhook_signing.new_secret()
+
+
 @dataclass
 class HttpServer:
-    """A real local HTTP server: serves ``files`` and records every request."""
+    """A real local HTTP server: serves ``files`` and records every request.
+
+    It is also a webhook receiver that verifies every POST's Standard Webhooks
+    signature with ``WEBHOOK_SECRET`` and answers 401 to a bad one, as a
+    merchant's receiver would; each POST is recorded with ``signature_error``
+    (None when it verified) and the fixture fails a test that got a bad one."""
 
     port: int
     files: dict[str, tuple[bytes, str]] = field(default_factory=dict)
@@ -176,6 +189,7 @@ class HttpServer:
     retry_after: dict[str, str] = field(default_factory=dict)
     # Served for any GET path under a prefix that ``files`` lacks: prefix -> file.
     prefixes: dict[str, tuple[bytes, str]] = field(default_factory=dict)
+    expect_unsigned: bool = False  # a test of unsigned webhooks sets it
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}/{path.lstrip('/')}"
@@ -206,9 +220,20 @@ def _serve(server_state: HttpServer) -> ThreadingHTTPServer:
         def do_POST(self) -> None:
             path = self.path.lstrip("/").split("?", 1)[0]
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            try:
+                webhook_signing.verify([WEBHOOK_SECRET], dict(self.headers), body)
+                error = None
+            except SignatureInvalid as exc:
+                error = exc.message
             server_state.received.append({
                 "path": self.path, "headers": dict(self.headers),
-                "json": json.loads(body) if body else None, "body": body})
+                "json": json.loads(body) if body else None, "body": body,
+                "signature_error": error})
+            if error is not None and not server_state.expect_unsigned:
+                self.send_response(401)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             if path in server_state.delays:
                 time.sleep(server_state.delays[path])
             script = server_state.statuses.get(path)
@@ -236,6 +261,8 @@ def http_server() -> Iterator[HttpServer]:
     finally:
         httpd.shutdown()
         httpd.server_close()
+    bad = [r for r in state.received if r["signature_error"] and not state.expect_unsigned]
+    assert not bad, f"webhooks whose signature did not verify: {bad}"
 
 
 SHARED_PHOTO = Path(__file__).resolve().parents[2] / "shared" / "photos" / "grace_hopper.jpg"

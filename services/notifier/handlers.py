@@ -32,7 +32,7 @@ import aiohttp
 from pymongo import ReturnDocument
 
 from services.notifier.settings import Settings
-from shared import signing
+from shared import webhook_signing
 from shared.errors import ImgpipeError, PermanentError, TransientError
 from shared.events import RequestCompleted, now_utc
 from shared.logs import request_id_var
@@ -102,6 +102,15 @@ def payload(s: Settings, ev: RequestCompleted, csv_url: str) -> dict[str, Any]:
             "succeeded": ev.succeeded, "failed": ev.failed,
             "completed_at": ev.completed_at.isoformat(), "output_csv_url": csv_url,
             "status_url": s.status_url(ev.request_id)}
+
+
+MESSAGE_IDS = uuid.UUID("2f0c6f7e-5b1d-4a8e-9c3a-7d41e0b6a912")
+
+
+def message_id(body_obj: dict[str, Any]) -> str:
+    """The Standard Webhooks ``webhook-id``: stable for one notification (all
+    its attempts, and a delivery repeated after a crash), new after a replay."""
+    return "msg_" + uuid.uuid5(MESSAGE_IDS, body_obj["notification_id"]).hex
 
 
 def _ms(when: datetime) -> int:
@@ -175,8 +184,8 @@ async def deliver(deps: Deps, url: str, body_obj: dict[str, Any]) -> None:
             return
         headers = {"Content-Type": "application/json", "X-Imgpipe-Event": "request.completed",
                    "Idempotency-Key": body_obj["notification_id"]}
-        if s.webhook_secret:
-            headers[signing.HEADER] = signing.sign(s.webhook_secret, body)
+        if keys := s.webhook_secrets():  # signed again for each attempt: a new timestamp
+            headers.update(webhook_signing.sign_headers(keys, message_id(body_obj), body))
         error = await _post(deps.http, url, body, headers)
         if error is None:
             await requests.update_one({"_id": rid}, {

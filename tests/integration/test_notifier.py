@@ -16,20 +16,20 @@ from typing import IO, Any
 import aiohttp
 import httpx
 import pytest
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from services.notifier.handlers import Deps, lease_seconds, on_request_completed
 from services.notifier.settings import Settings
-from shared import signing
+from shared import webhook_signing as ws
 from shared.errors import PermanentError, TransientError
 from shared.events import RequestCompleted, now_utc
 from shared.mongo import Store, db_now, make_client, position_id
 from shared.netguard import NetPolicy, guarded_session
 from shared.products import PageBuilder
 from shared.storage import ObjectStore
-from tests.conftest import HttpServer
+from tests.conftest import WEBHOOK_SECRET, HttpServer
 
 pytestmark = pytest.mark.stack
-SECRET = "test-webhook-secret"
 
 
 class CountingObjects(ObjectStore):
@@ -84,7 +84,7 @@ async def env(stack_env: dict[str, str], http_server: HttpServer) -> AsyncIterat
                               for k, v in stack_env.items()}
     fields["mongo_db"] = f"notif{uuid.uuid4().hex[:8]}"
     s = Settings(**fields, webhook_max_attempts=3, webhook_backoff_base=0.05,
-                 webhook_backoff_max=0.2, webhook_timeout=5.0, webhook_secret=SECRET)
+                 webhook_backoff_max=0.2, webhook_timeout=5.0, webhook_secret=WEBHOOK_SECRET)
     client = make_client(s)
     objects = CountingObjects(s)
     await objects.ensure_bucket(public_read=True)
@@ -257,15 +257,51 @@ async def test_a_request_whose_rows_are_missing_is_not_notified_and_says_why(
     assert doc["webhook"]["status"] == "pending"  # sent once the rows are back and replayed
 
 
-async def test_the_signature_verifies_over_the_raw_body(env: Env) -> None:
+async def test_every_webhook_is_signed_by_the_standard(env: Env) -> None:
+    """Standard Webhooks: the reference library verifies it over the raw body;
+    a tampered body does not verify."""
     ev = await env.request()
     await on_request_completed(env.deps, ev)
     [note] = env.server.received
-    signing.verify(SECRET, note["body"], note["headers"][signing.HEADER])
-    with pytest.raises(signing.SignatureInvalid):
-        signing.verify(SECRET, note["body"] + b" ", note["headers"][signing.HEADER])
-    assert note["json"]["request_id"] == ev.request_id
+    assert note["signature_error"] is None
+    assert Webhook(WEBHOOK_SECRET).verify(note["body"], note["headers"])["request_id"] == (
+        ev.request_id)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(WEBHOOK_SECRET).verify(note["body"] + b" ", note["headers"])
     assert note["path"] == "/hook?token=abc"
+
+
+async def test_retries_keep_the_webhook_id_and_are_signed_afresh(env: Env) -> None:
+    ev = await env.request()
+    env.server.statuses["hook"] = [500, 204]
+    await on_request_completed(env.deps, ev)
+    first, second = env.server.received
+    ids = {n["headers"][ws.ID] for n in (first, second)}
+    assert len(ids) == 1 and ids.pop().startswith("msg_")
+    assert first["headers"]["Idempotency-Key"] == second["headers"]["Idempotency-Key"]
+    assert int(second["headers"][ws.TIMESTAMP]) >= int(first["headers"][ws.TIMESTAMP])
+    assert first["signature_error"] is None and second["signature_error"] is None
+
+
+async def test_during_a_rotation_webhooks_carry_both_signatures(env: Env) -> None:
+    new = ws.new_secret()
+    env.deps.settings.webhook_secret = f"{new} {WEBHOOK_SECRET}"
+    ev = await env.request()
+    await on_request_completed(env.deps, ev)
+    [note] = env.server.received
+    assert len(note["headers"][ws.SIGNATURE].split()) == 2
+    for secret in (new, WEBHOOK_SECRET):
+        Webhook(secret).verify(note["body"], note["headers"])
+
+
+async def test_unsigned_only_when_opted_out(env: Env) -> None:
+    env.deps.settings.webhook_secret, env.deps.settings.webhook_unsigned = "", True
+    env.server.expect_unsigned = True
+    ev = await env.request()
+    await on_request_completed(env.deps, ev)
+    [note] = env.server.received
+    assert not {ws.ID, ws.TIMESTAMP, ws.SIGNATURE} & {h.lower() for h in note["headers"]}
+    assert note["signature_error"] is not None and note["json"]["request_id"] == ev.request_id
 
 
 async def test_the_output_csv_is_stored_once_and_recorded(env: Env) -> None:
