@@ -118,6 +118,7 @@ def test_csv_to_output_csv_and_webhook(pipeline: Pipeline, http_server: HttpServ
     assert note["json"]["status"] == "COMPLETED_WITH_ERRORS"
     assert note["json"]["output_csv_url"] == status["output_csv_url"]
     assert note["headers"]["Idempotency-Key"] == note["json"]["notification_id"]
+    assert note["signature_error"] is None  # signed, and verified by the receiver
     assert note["json"]["notification_id"].startswith(accepted["request_id"])
 
 

@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from deploy.run import webhook_secret
 from services.notifier.settings import Settings
 from shared import webhook_signing as ws
 from shared.signing import SignatureInvalid
@@ -99,3 +101,15 @@ def test_the_notifier_refuses_to_start_without_a_secret_unless_opted_out() -> No
     assert Settings(webhook_secret=f"{new},{old}").webhook_secrets() == [new, old]
     with pytest.raises(ValidationError, match="base64"):
         Settings(webhook_secret="whsec_***")
+
+
+def test_make_run_keeps_one_secret_across_restarts(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("IMGPIPE_WEBHOOK_SECRET", raising=False)
+    first = webhook_secret(tmp_path / "data")
+    assert ws.parse_secrets(first) == [first]
+    assert webhook_secret(tmp_path / "data") == first
+    assert (tmp_path / "data" / "webhook_secret").stat().st_mode & 0o077 == 0  # owner only
+    given = ws.new_secret()
+    monkeypatch.setenv("IMGPIPE_WEBHOOK_SECRET", given)
+    assert webhook_secret(tmp_path / "data") == given
