@@ -80,6 +80,7 @@ class Services:
 def plan(base_env: dict[str, str], ports: ServicePorts, *, processors: int = 2) -> list[Service]:
     env = dict(base_env)
     env.setdefault("IMGPIPE_STATUS_BASE_URL", f"http://127.0.0.1:{ports.status}")
+    env.setdefault("IMGPIPE_INGEST_BASE_URL", f"http://127.0.0.1:{ports.ingest}")
     if not env.get("IMGPIPE_WEBHOOK_UNSIGNED"):  # a caller that gave none: a fresh one
         env.setdefault("IMGPIPE_WEBHOOK_SECRET", webhook_signing.new_secret())
     out = [

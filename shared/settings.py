@@ -50,6 +50,8 @@ class CommonSettings(BaseSettings):
 
     # Where clients reach the status API (status_url in responses and webhooks).
     status_base_url: str = "http://127.0.0.1:8001"
+    # Where browsers reach the upload page (its origin may read the status API).
+    ingest_base_url: str = "http://127.0.0.1:8000"
 
     log_level: str = "INFO"
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from shared.settings import CommonSettings
 
 
@@ -22,7 +24,20 @@ class Settings(CommonSettings):
     status_port: int = 8001
     failures_listed: int = 100
     # Origins allowed to read the status API from a browser (comma-separated).
-    cors_origins: str = "*"
+    # Empty: only the upload page's own (ingest_base_url's origin, and on
+    # loopback both its localhost and 127.0.0.1 spellings).
+    cors_origins: str = ""
+
+    def allowed_origins(self) -> list[str]:
+        if self.cors_origins.strip():
+            return [o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip()]
+        url = urlsplit(self.ingest_base_url)
+        origin = f"{url.scheme}://{url.netloc}"
+        host, port = url.hostname or "", f":{url.port}" if url.port else ""
+        if host in ("127.0.0.1", "localhost", "::1"):
+            return [origin, *(f"{url.scheme}://{alias}{port}"
+                              for alias in ("127.0.0.1", "localhost") if alias != host)]
+        return [origin]
 
     def app_id(self) -> str:
         return self.aggregator_app_id or f"{self.topic_prefix}-aggregator"

@@ -127,8 +127,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="imgpipe status API", version="1.0", lifespan=lifespan,
                   description="Progress, results and output CSV of an upload request.")
-    # Read-only data behind unguessable ids: the upload page (another origin) polls it.
-    app.add_middleware(CORSMiddleware, allow_origins=s.cors_origins.split(","),
+    # The upload page (another origin) polls it; no other site's scripts may read it.
+    app.add_middleware(CORSMiddleware, allow_origins=s.allowed_origins(),
                        allow_methods=["GET"], allow_headers=["*"])
     problems.install(app)  # every error as application/problem+json (shared/problems.py)
 
