@@ -25,6 +25,7 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from shared.errors import TransientError
 from shared.events import TOPIC_OF, _Event, event_key
+from shared.redact import redact
 from shared.settings import CommonSettings
 from shared.topics import Topic
 
@@ -187,7 +188,7 @@ def dead_letter_body(raw: bytes | None, source: str, error: Exception | str) -> 
     with the raw value decoded as UTF-8 (invalid bytes replaced), capped at 100k chars."""
     body: dict[str, Any] = {
         "source": source,
-        "error": str(error),
+        "error": redact(str(error)),  # the value stays as it was, to be replayed
         "value": (raw or b"").decode("utf-8", "replace")[:100_000],
     }
     return json.dumps(body).encode()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextvars
 import logging
 
+from shared.redact import RedactingFormatter
+
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 
@@ -18,8 +20,8 @@ class _RequestIdFilter(logging.Filter):
 def setup_logging(service: str, level: str = "INFO") -> None:
     handler = logging.StreamHandler()
     handler.addFilter(_RequestIdFilter())
-    handler.setFormatter(
-        logging.Formatter(
+    handler.setFormatter(  # no URL's password or token reaches a log (shared/redact.py)
+        RedactingFormatter(
             f"%(asctime)s %(levelname)s {service} [%(request_id)s] %(name)s: %(message)s"
         )
     )

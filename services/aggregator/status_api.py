@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.middleware.cors import CORSMiddleware
@@ -22,26 +21,10 @@ from shared.mongo import Store, make_client, mongo_health
 from shared.outputcsv import iter_output_csv
 from shared.problems import PROBLEM
 from shared.products import check_complete, iter_products
+from shared.redact import mask_url
 from shared.requests import VISIBLE, is_finished
 
 log = logging.getLogger(__name__)
-
-
-def mask_url(url: str | None) -> str | None:
-    """The URL without what often carries a secret: the query becomes ``?…``, and
-    any user:password@ and #fragment are dropped (scheme://host[:port]/path stays)."""
-    if not url:
-        return url
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        port = parts.port
-    except ValueError:
-        return "…"
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{host}:{port}" if port is not None else host
-    return urlunsplit((parts.scheme, netloc, parts.path, "…" if parts.query else "", ""))
 
 
 def server_error(exc: PermanentError) -> HTTPException:

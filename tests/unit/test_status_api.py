@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.aggregator.status_api import mask_url
+from shared.redact import mask_url
 
 
 @pytest.mark.parametrize(("url", "shown"), [
