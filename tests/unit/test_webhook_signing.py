@@ -12,6 +12,7 @@ import pytest
 from pydantic import ValidationError
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from deploy import services
 from deploy.run import webhook_secret
 from services.notifier.settings import Settings
 from shared import webhook_signing as ws
@@ -113,3 +114,19 @@ def test_make_run_keeps_one_secret_across_restarts(tmp_path: Path,
     given = ws.new_secret()
     monkeypatch.setenv("IMGPIPE_WEBHOOK_SECRET", given)
     assert webhook_secret(tmp_path / "data") == given
+
+
+@pytest.mark.parametrize(("given", "signed"), [
+    ({}, True), ({"IMGPIPE_WEBHOOK_UNSIGNED": "false"}, True),
+    ({"IMGPIPE_WEBHOOK_UNSIGNED": "true"}, False)])
+def test_the_services_started_by_deploy_are_signed_unless_opted_out(
+        given: dict[str, str], signed: bool) -> None:
+    [notifier] = [s for s in services.plan(given, services.ServicePorts(), processors=0)
+                  if s.name == "notifier"]
+    secret = notifier.env.get("IMGPIPE_WEBHOOK_SECRET")
+    assert (secret is not None and ws.parse_secrets(secret) == [secret]) == signed
+    given_secret = ws.new_secret()
+    [notifier] = [s for s in services.plan({"IMGPIPE_WEBHOOK_SECRET": given_secret},
+                                           services.ServicePorts(), processors=0)
+                  if s.name == "notifier"]
+    assert notifier.env["IMGPIPE_WEBHOOK_SECRET"] == given_secret
