@@ -1,6 +1,6 @@
 """The first promise under load: every upload that got a 202 finishes, with
 exact counts, however many arrive at once (30 concurrent uploads of 300 rows,
-five rounds, on each broker; 50 concurrent uploads of 1,000 rows on the
+five rounds on Apache Kafka, two on Tansu; 50 concurrent uploads of 1,000 rows on the
 default broker; each on a stack of its own). Refusals may only be a clear
 "come back later" (503/429 with Retry-After), never a 500."""
 
@@ -27,6 +27,9 @@ log = logging.getLogger("tests.load")
 UPLOADS = int(os.environ.get("IMGPIPE_LOAD_UPLOADS", "30"))
 ROWS = int(os.environ.get("IMGPIPE_LOAD_ROWS", "300"))
 ROUNDS = int(os.environ.get("IMGPIPE_LOAD_ROUNDS", "5"))
+# Tansu (the no-Java fallback) is about 2.5x slower here: fewer rounds keep CI
+# well inside its limit; Apache Kafka, the broker users run, gets them all.
+ROUNDS_TANSU = int(os.environ.get("IMGPIPE_LOAD_ROUNDS_TANSU", "2"))
 SETTLE_SECONDS = 1200.0
 
 
@@ -70,14 +73,15 @@ async def settle(client: httpx.AsyncClient, status_base: str, ids: list[str],
     return last
 
 
-@pytest.mark.timeout(3600)  # five rounds: ~10 min on Apache Kafka, ~21 on Tansu with S3
+@pytest.mark.timeout(3600)  # ~10 min on Apache Kafka (5 rounds), ~10 on Tansu (2)
 @pytest.mark.parametrize("broker", BROKERS)
 async def test_concurrent_uploads_all_finish_with_exact_counts(
         broker: str, tmp_path: Path, http_server: HttpServer) -> None:
     http_server.prefixes["load/"] = (encode(photo((48, 32)), "JPEG", quality=80), "image/jpeg")
     with own_stack(tmp_path / "stack", broker) as (_, state), \
             running_pipeline(env_for(state), tmp_path / "logs") as pipeline:
-        await rounds(pipeline, http_server, UPLOADS, ROWS, ROUNDS)
+        await rounds(pipeline, http_server, UPLOADS, ROWS,
+                     ROUNDS_TANSU if broker == "tansu" else ROUNDS)
 
 
 @pytest.mark.timeout(1800)  # ~10 min here
