@@ -1,4 +1,6 @@
-"""HMAC-SHA256 signatures for webhooks we send and callbacks we accept.
+"""HMAC-SHA256 signatures of the callbacks we accept from an external
+image-processing service (the webhooks we send are signed by Standard Webhooks:
+``shared/webhook_signing.py``).
 
 Header format: ``X-Imgpipe-Signature: t=<unix seconds>,v1=<hex>`` where the
 MAC covers ``b"<t>." + body``. Including the timestamp lets a receiver refuse
