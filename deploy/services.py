@@ -25,7 +25,6 @@ from deploy.procs import (
     stop_pid,
     wait_until,
 )
-from shared import webhook_signing
 
 log = logging.getLogger("services")
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,9 +80,6 @@ def plan(base_env: dict[str, str], ports: ServicePorts, *, processors: int = 2) 
     env = dict(base_env)
     env.setdefault("IMGPIPE_STATUS_BASE_URL", f"http://127.0.0.1:{ports.status}")
     env.setdefault("IMGPIPE_INGEST_BASE_URL", f"http://127.0.0.1:{ports.ingest}")
-    if env.get("IMGPIPE_WEBHOOK_UNSIGNED", "").lower() not in ("1", "true", "yes", "on"):
-        # signed, as always: a caller that gave no secret gets a fresh one
-        env.setdefault("IMGPIPE_WEBHOOK_SECRET", webhook_signing.new_secret())
     out = [
         Service("ingest", _module("services.ingest"),
                 {**env, "IMGPIPE_INGEST_PORT": str(ports.ingest)}, ports.ingest),

@@ -2,13 +2,15 @@
 
     ImgpipeError                 base; ``code`` is stable and machine-readable
     ├── TransientError           retry with backoff (network blip, 5xx, broker away);
-    │                            ``retry_after``: how long to wait, when known
+    │   │                        ``retry_after``: how long to wait, when known
+    │   └── RateLimited          over a per-key limit (HTTP 429): retry after ``retry_after``
     └── PermanentError           do not retry: record the failure and move on
         ├── InvalidInputError    the input itself is bad (CSV cell, URL, image bytes);
         │   │                    its message never tells anyone to retry
         │   ├── FetchRejected    a URL could not be fetched for a permanent reason
         │   └── ImageRejected    bytes that are not an acceptable image
-        └── PolicyViolation      refused by policy (forbidden address, size limit)
+        ├── PolicyViolation      refused by policy (forbidden address, size limit)
+        └── Unauthorized         no valid API key (HTTP 401): fix the credentials
 
 ``shared.retry`` turns the classes into one policy (``RetryPolicy.decide``):
 a transient error (this ``TransientError``, or a network, MongoDB, Kafka or S3
@@ -68,3 +70,13 @@ class ImageRejected(InvalidInputError):
 
 class PolicyViolation(PermanentError):
     code = "policy_violation"
+
+
+class Unauthorized(PermanentError):
+    code = "unauthorized"
+
+
+class RateLimited(TransientError):
+    """Over a per-key rate limit: answered 429 with ``Retry-After``."""
+
+    code = "rate_limited"

@@ -59,6 +59,8 @@ class RequestCreated(_Event):
     # Rows per product page, so a replay into an empty database rebuilds the
     # pages as ingest stored them (python -m deploy.rebuild).
     page_rows: int | None = None
+    # The tenant the request belongs to (None in events from before tenants).
+    tenant: str | None = None
 
 
 class PositionRef(BaseModel):

@@ -7,10 +7,12 @@ Collections (see docs/database.md):
 - ``url_groups``: the positions of a URL repeated within a request, one
   document per event that stands for them (``services/ingest/repeats.py``).
 - ``images``: one per URL position; status, output URL, sizes, qualities, error.
+- ``tenants``, ``api_keys``: who may call the APIs (``shared/tenants.py``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,6 +20,7 @@ from datetime import UTC, datetime
 from pymongo import ASCENDING, AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import OperationFailure
 
 from shared.settings import CommonSettings
 
@@ -57,6 +60,14 @@ class Store:
     def images(self) -> AsyncCollection:
         return self.db["images"]
 
+    @property
+    def tenants(self) -> AsyncCollection:
+        return self.db["tenants"]
+
+    @property
+    def api_keys(self) -> AsyncCollection:
+        return self.db["api_keys"]
+
     @classmethod
     def from_client(cls, client: AsyncMongoClient, settings: CommonSettings) -> Store:
         return cls(client[settings.mongo_db])
@@ -68,11 +79,18 @@ class Store:
         await self.requests.create_index(
             [("relay_pending", ASCENDING), ("created_at", ASCENDING)],
             partialFilterExpression={"relay_pending": True})
+        # An Idempotency-Key is the tenant's own: another tenant's same key is
+        # another request. (The index of one version before was global.)
+        with contextlib.suppress(OperationFailure):
+            await self.requests.drop_index("idempotency_key_1")
         await self.requests.create_index(
-            [("idempotency_key", ASCENDING)],
+            [("tenant", ASCENDING), ("idempotency_key", ASCENDING)],
             unique=True,
             partialFilterExpression={"idempotency_key": {"$type": "string"}},
         )
+        # A tenant's active requests, counted at upload (its limit).
+        await self.requests.create_index([("tenant", ASCENDING), ("status", ASCENDING)])
+        await self.api_keys.create_index([("tenant", ASCENDING)])
         await self.images.create_index(
             [("request_id", ASCENDING), ("serial", ASCENDING), ("position", ASCENDING)]
         )

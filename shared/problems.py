@@ -12,6 +12,8 @@ Every error body is ``application/problem+json``::
 that is not about a place in the file has one entry with ``line`` null. What
 the caller should do decides the status (``shared.errors``):
 
+    Unauthorized                401   send a valid API key (``WWW-Authenticate: Bearer``)
+    RateLimited                 429   over a per-key limit: retry after ``Retry-After``
     invalid input / policy      422   fix the request, do not retry as is
     TransientError              503   retry after ``Retry-After`` seconds
     MongoDB or Kafka away       503   (the same)
@@ -32,7 +34,14 @@ from pymongo.errors import PyMongoError
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 
-from shared.errors import ImgpipeError, InvalidInputError, PolicyViolation, TransientError
+from shared.errors import (
+    ImgpipeError,
+    InvalidInputError,
+    PolicyViolation,
+    RateLimited,
+    TransientError,
+    Unauthorized,
+)
 from shared.retry import is_transient
 
 log = logging.getLogger(__name__)
@@ -90,6 +99,12 @@ def problem(status: int, code: str, message: str, column: str | None = None, *,
 
 def for_error(exc: BaseException, *, retry_after: float) -> ProblemResponse:
     """The response for an exception, by what the caller should do."""
+    if isinstance(exc, Unauthorized):
+        resp = problem(401, exc.code, exc.message)
+        resp.headers["WWW-Authenticate"] = 'Bearer realm="imgpipe"'
+        return resp
+    if isinstance(exc, RateLimited):
+        return problem(429, exc.code, exc.message, retry_after=exc.retry_after or 1)
     if isinstance(exc, InvalidInputError | PolicyViolation):
         return problem(422, exc.code, exc.message)
     if isinstance(exc, TransientError):

@@ -39,6 +39,8 @@ TERMINAL = (Status.COMPLETED, Status.COMPLETED_WITH_ERRORS, Status.FAILED)
 TERMINAL_STATUSES: tuple[str, ...] = tuple(str(s) for s in TERMINAL)
 VISIBLE = {"status": {"$ne": str(Status.RECEIVING)}}  # what the APIs may show
 ACTIVE = {"status": {"$in": [str(Status.QUEUED), str(Status.PROCESSING)]}}  # being processed
+# Counted against a tenant's limit of requests in progress.
+ACTIVE_OR_RECEIVING = [str(Status.RECEIVING), str(Status.QUEUED), str(Status.PROCESSING)]
 RELAY_PENDING = "relay_pending"  # set while the relay has events to publish
 
 

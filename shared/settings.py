@@ -53,6 +53,9 @@ class CommonSettings(BaseSettings):
     # Where browsers reach the upload page (its origin may read the status API).
     ingest_base_url: str = "http://127.0.0.1:8000"
 
+    # A checked API key is trusted this long (a revoked one works this much longer).
+    api_key_cache_seconds: float = 5.0
+
     log_level: str = "INFO"
 
     def status_url(self, request_id: str) -> str:

@@ -8,10 +8,13 @@ a random topic prefix. Unit tests use neither and need no servers.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
 import secrets
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -21,6 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from deploy import services
@@ -34,6 +38,9 @@ from shared.settings import CommonSettings
 from shared.signing import SignatureInvalid
 
 log = logging.getLogger("tests")
+# The pipeline's tenant signs its webhooks with it; the tests' receiver
+# (HttpServer) verifies every webhook with it, as a merchant's would.
+WEBHOOK_SECRET = webhook_signing.new_secret()
 
 
 @pytest.fixture(scope="session")
@@ -96,11 +103,45 @@ async def store(stack_env: dict[str, str]) -> AsyncIterator[Store]:
     await client.close()
 
 
+def new_key(env: dict[str, str], tenant: str | None = None, *,
+            webhook_secret: str = WEBHOOK_SECRET) -> dict[str, Any]:
+    """A key made by the operator CLI (``python -m deploy.keys``) on the
+    database of ``env``: a new tenant (signing its webhooks with
+    ``webhook_secret``) unless ``tenant`` exists. The CLI's JSON answer."""
+    tenant = tenant or f"t-{uuid.uuid4().hex[:10]}"
+    args = [sys.executable, "-m", "deploy.keys", "--json", "create", "--tenant", tenant]
+    if webhook_secret:
+        args += ["--webhook-secret", webhook_secret]
+    done = subprocess.run(args, env={**os.environ, **env}, capture_output=True,
+                          text=True, timeout=60, check=True, cwd=services.ROOT)
+    made: dict[str, Any] = json.loads(done.stdout)
+    return made
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
 @dataclass
 class Pipeline:
     env: dict[str, str]
     ports: services.ServicePorts
     running: services.Services
+    key: str = ""  # tenant ``tenant``'s API key: every test's client sends it
+    tenant: str = ""
+
+    def new_key(self, tenant: str | None = None, *,
+                webhook_secret: str = WEBHOOK_SECRET) -> dict[str, Any]:
+        return new_key(self.env, tenant, webhook_secret=webhook_secret)
+
+    @functools.cached_property
+    def http(self) -> httpx.Client:
+        """A client of the pipeline's tenant, for one-off calls (closed with the pipeline)."""
+        return self.client(timeout=60)
+
+    def client(self, key: str | None = None, **kwargs: Any) -> httpx.Client:
+        """An HTTP client that authenticates with ``key`` (the pipeline's own by default)."""
+        return httpx.Client(headers=bearer(key or self.key), **kwargs)
 
     @property
     def ingest_url(self) -> str:
@@ -113,7 +154,11 @@ class Pipeline:
 
 PIPELINE_ENV = {"IMGPIPE_WEBHOOK_BACKOFF_BASE": "0.2",
                 "IMGPIPE_MAX_UPLOAD_BYTES": str(5 * 1024 * 1024),
-                "IMGPIPE_FETCH_MAX_ATTEMPTS": "2", "IMGPIPE_PROCESSOR_WORKERS": "2"}
+                "IMGPIPE_FETCH_MAX_ATTEMPTS": "2", "IMGPIPE_PROCESSOR_WORKERS": "2",
+                # Tests poll and retry faster than a client should: the limits
+                # themselves are tested in tests/integration/test_auth.py.
+                "IMGPIPE_RATE_UPLOADS_PER_MINUTE": "600", "IMGPIPE_RATE_UPLOADS_BURST": "100",
+                "IMGPIPE_RATE_STATUS_PER_SECOND": "200", "IMGPIPE_RATE_STATUS_BURST": "400"}
 
 
 @contextlib.contextmanager
@@ -121,13 +166,18 @@ def running_pipeline(stack_env: dict[str, str], logs: Path, *, processors: int =
                      ) -> Iterator[Pipeline]:
     """Every service on a stack, on free ports; stopped (log tails shown on CI) after."""
     ports = services.ServicePorts.free()
-    env = {**stack_env, **PIPELINE_ENV, "IMGPIPE_CALLBACK_SECRET": secrets.token_hex(16),
-           "IMGPIPE_WEBHOOK_SECRET": WEBHOOK_SECRET}
+    env = {**stack_env, **PIPELINE_ENV, "IMGPIPE_CALLBACK_SECRET": secrets.token_hex(16)}
     running = services.start(services.plan(env, ports, processors=processors), log_dir=logs,
                              timeout=240, wait_for_assignment=True)
+    made: Pipeline | None = None
     try:
-        yield Pipeline(env, ports, running)
+        made = Pipeline(env, ports, running)
+        key = made.new_key()  # its webhooks are signed with WEBHOOK_SECRET
+        made.key, made.tenant = key["key"], key["tenant"]
+        yield made
     finally:
+        if made is not None and "http" in made.__dict__:
+            made.http.close()
         running.stop()
         if os.environ.get("CI"):
             for svc in running.items:
@@ -164,9 +214,6 @@ def env_for(state: StackState) -> dict[str, str]:
             "IMGPIPE_TOPIC_PARTITIONS": "4", "IMGPIPE_FETCH_ALLOW_NETWORKS": "127.0.0.0/8"}
 
 
-# Every webhook the tests receive is signed with it (tests/conftest.py's
-# receiver verifies each one, as a merchant's would).
-WEBHOOK_SECRET = webhook_signing.new_secret()
 
 
 @dataclass

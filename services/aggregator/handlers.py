@@ -69,7 +69,7 @@ async def record_request_created(store: Store, ev: RequestCreated,
     fresh = new_request_doc(
         ev.request_id, product_count=ev.product_count, image_count=ev.image_count,
         webhook_url=ev.webhook_url, created_at=ev.created_at, filename=ev.source_filename,
-        status=Status.QUEUED, page_rows=ev.page_rows,
+        status=Status.QUEUED, page_rows=ev.page_rows, tenant=ev.tenant,
         relay={"published": ev.image_count, "page": 0, "skip": 0, "created_sent": True})
     del fresh["_id"]
     result = await store.requests.update_one({"_id": ev.request_id},

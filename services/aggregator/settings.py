@@ -23,6 +23,10 @@ class Settings(CommonSettings):
     status_host: str = "127.0.0.1"
     status_port: int = 8001
     failures_listed: int = 100
+    # Status reads per API key (429 with Retry-After beyond): a bucket of
+    # rate_status_burst refilled at rate_status_per_second, per replica. 0 = none.
+    rate_status_per_second: float = 20.0
+    rate_status_burst: int = 40
     # Origins allowed to read the status API from a browser (comma-separated).
     # Empty: only the upload page's own (ingest_base_url's origin, and on
     # loopback both its localhost and 127.0.0.1 spellings).

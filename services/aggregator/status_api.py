@@ -6,15 +6,16 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel
 
 from services.aggregator.settings import Settings
 from shared import problems
+from shared.auth import Authenticator, CurrentTenant, RateLimit
 from shared.errors import PermanentError
 from shared.logs import setup_logging
 from shared.mongo import Store, make_client, mongo_health
@@ -103,6 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = make_client(s)
         app.state.store = Store.from_client(client, s)
+        app.state.auth = Authenticator(app.state.store, cache_seconds=s.api_key_cache_seconds)
         try:
             yield
         finally:
@@ -112,11 +114,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="Progress, results and output CSV of an upload request.")
     # The upload page (another origin) polls it; no other site's scripts may read it.
     app.add_middleware(CORSMiddleware, allow_origins=s.allowed_origins(),
-                       allow_methods=["GET"], allow_headers=["*"])
+                       allow_methods=["GET"], allow_headers=["Authorization"])
     problems.install(app)  # every error as application/problem+json (shared/problems.py)
+    reads = RateLimit(s.rate_status_per_second, s.rate_status_burst, "status reads")
 
-    async def load(request: Request, request_id: str) -> dict[str, Any]:
-        doc = await request.app.state.store.requests.find_one({"_id": request_id, **VISIBLE})
+    async def load(request: Request, tenant: CurrentTenant, request_id: str) -> dict[str, Any]:
+        """The tenant's request: another tenant's is not found, like an unknown id."""
+        reads.take(tenant.key_id)
+        doc = await request.app.state.store.requests.find_one(
+            {"_id": request_id, "tenant": tenant.id, **VISIBLE})
         if doc is None:
             raise HTTPException(404, detail={
                 "code": "request_not_found",
@@ -130,17 +136,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return JSONResponse({"ok": False, "mongo": "unavailable"}, status_code=503)
         return JSONResponse({"ok": True, "service": "status-api"})
 
+    errors: dict[int | str, dict[str, Any]] = {
+        401: PROBLEM, 404: PROBLEM, 429: PROBLEM, 500: PROBLEM, 503: PROBLEM}
+
     @app.get("/api/v1/requests/{request_id}", response_model=RequestStatus, tags=["requests"],
-             responses={404: PROBLEM, 500: PROBLEM, 503: PROBLEM})
-    async def get_status(request: Request, request_id: str) -> RequestStatus:
+             responses=errors)
+    async def get_status(request: Request,
+                         doc: Annotated[dict[str, Any], Depends(load)]) -> RequestStatus:
         """Status, counts, progress, failures and (when finished) the output CSV URL."""
-        doc = await load(request, request_id)
         store: Store = request.app.state.store
         failures = [Failure(serial=f["serial"], position=f["position"], url=f["input_url"],
                             error_code=f.get("error_code"),
                             error_message=f.get("error_message"))
                     async for f in store.images.find(
-                        {"request_id": request_id, "status": "failed"}
+                        {"request_id": doc["_id"], "status": "failed"}
                     ).sort([("serial", 1), ("position", 1)]).limit(s.failures_listed)
                     ] if doc["failed"] else []  # the common case reads nothing more
         processed = doc["succeeded"] + doc["failed"]
@@ -165,12 +174,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             dead_letters=[DeadLetter(**d) for d in doc.get("dead_letters") or []])
 
     @app.get("/api/v1/requests/{request_id}/products", response_model=list[ProductOut],
-             tags=["requests"], responses={404: PROBLEM, 422: PROBLEM, 500: PROBLEM})
-    async def get_products(request: Request, request_id: str,
+             tags=["requests"], responses={**errors, 422: PROBLEM})
+    async def get_products(request: Request, doc: Annotated[dict[str, Any], Depends(load)],
                            offset: int = Query(0, ge=0),
                            limit: int = Query(100, ge=1, le=1000)) -> list[ProductOut]:
         """Product rows in input order, with output URLs as far as processed."""
-        doc = await load(request, request_id)
         products = iter_products(request.app.state.store, doc, start=offset, limit=limit)
         try:
             return [ProductOut(serial=p.serial, name=p.name, input_urls=p.input_urls,
@@ -180,11 +188,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/api/v1/requests/{request_id}/output.csv", tags=["requests"],
              response_class=StreamingResponse,
-             responses={200: {"content": {"text/csv": {}}}, 404: PROBLEM, 409: PROBLEM,
-                        500: PROBLEM})
-    async def get_output_csv(request: Request, request_id: str) -> StreamingResponse:
+             responses={200: {"content": {"text/csv": {}}}, **errors, 409: PROBLEM})
+    async def get_output_csv(request: Request, doc: Annotated[dict[str, Any], Depends(load)]
+                             ) -> StreamingResponse:
         """The output CSV, built live from the database once the request is finished."""
-        doc = await load(request, request_id)
+        request_id = doc["_id"]
         if not is_finished(doc):
             raise HTTPException(409, detail={
                 "code": "not_finished",

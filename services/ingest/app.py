@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,11 +30,13 @@ from services.ingest.reconciler import Reconciler
 from services.ingest.relay import Relay
 from services.ingest.settings import Settings
 from shared import problems
-from shared.errors import InvalidInputError
+from shared.auth import Authenticator, CurrentTenant, RateLimit
+from shared.errors import InvalidInputError, RateLimited
 from shared.kafka import EventPublisher, ensure_topics
 from shared.logs import setup_logging
 from shared.mongo import Store, make_client, mongo_health
 from shared.problems import PROBLEM, Issue, problem
+from shared.requests import ACTIVE_OR_RECEIVING
 from shared.signing import SignatureInvalid
 
 log = logging.getLogger(__name__)
@@ -64,6 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await ensure_topics(s)
         publisher = EventPublisher(s, client_id="imgpipe-ingest")
         await publisher.start()
+        app.state.auth = Authenticator(store, cache_seconds=s.api_key_cache_seconds)
         relay = Relay(s, store, publisher, reconciler=Reconciler(s, store, publisher))
         app.state.deps = Deps(s, store, publisher, wake_relay=relay.wake)
         app.state.relay = relay
@@ -81,6 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   lifespan=lifespan)
     problems.install(app, retry_after=s.retry_after_seconds)
     slots = asyncio.Semaphore(s.max_concurrent_uploads)  # uploads parsed and stored at once
+    uploads = RateLimit(s.rate_uploads_per_minute / 60, s.rate_uploads_burst, "uploads")
 
     # Counts the raw upload bytes: a chunked body cannot fill the disk first.
     app.add_middleware(BodyLimit, path=UPLOAD_PATH, max_upload_bytes=s.max_upload_bytes)
@@ -89,8 +95,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     page = (Path(__file__).parent / "page.html").read_text()
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def upload_page() -> HTMLResponse:
-        return HTMLResponse(page)
+    async def upload_page(request: Request) -> HTMLResponse:
+        # The demo key (make run) is filled in for a browser on this machine only.
+        local = request.client is not None and is_loopback(request.client.host)
+        demo = s.demo_api_key if local else ""
+        return HTMLResponse(page.replace('"%DEMO_KEY%"', json.dumps(demo)))
 
     @app.get("/health", tags=["ops"])
     async def health(request: Request) -> JSONResponse:
@@ -102,8 +111,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                              "relay": relay.describe() if relay else None})
 
     @app.post(UPLOAD_PATH, status_code=202, response_model=AcceptedOut, tags=["requests"],
-              responses={400: PROBLEM, 409: PROBLEM, 413: PROBLEM, 415: PROBLEM,
-                         422: PROBLEM, 500: PROBLEM, 503: PROBLEM},
+              responses={400: PROBLEM, 401: PROBLEM, 409: PROBLEM, 413: PROBLEM,
+                         415: PROBLEM, 422: PROBLEM, 429: PROBLEM, 500: PROBLEM,
+                         503: PROBLEM},
               openapi_extra={"requestBody": {"required": True, "content": {
                   "multipart/form-data": {"schema": {
                       "type": "object", "required": ["file"],
@@ -116,10 +126,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                                          "is done"}}}}}}})
     async def create_request(
         request: Request,
+        tenant: CurrentTenant,
         idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
     ) -> Any:
-        """Validate the CSV (all errors at once) and queue every image for processing."""
+        """Validate the CSV (all errors at once) and queue every image for processing.
+
+        Limits per API key: uploads per minute and requests in progress (429
+        with Retry-After)."""
         deps: Deps = request.app.state.deps
+        uploads.take(tenant.key_id)
+        await check_active(deps, tenant.id)
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             return problem(415, "unsupported_media_type",
                            "send the CSV as multipart/form-data in a field named 'file'")
@@ -146,7 +162,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                retry_after=s.retry_after_seconds)
             try:
                 accepted = await accept_upload(
-                    deps, upload.file, filename=upload.filename,
+                    deps, upload.file, tenant=tenant.id, filename=upload.filename,
                     webhook_url=str(webhook).strip() if webhook else None,
                     idempotency_key=idempotency_key)
             except CsvRejected as exc:
@@ -187,6 +203,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse({"accepted": True, "event_id": event.event_id}, status_code=202)
 
     return app
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+async def check_active(deps: Deps, tenant: str) -> None:
+    """At most ``max_active_requests`` of a tenant's requests in progress at
+    once (counted in MongoDB: the same answer from every ingest replica)."""
+    limit = deps.settings.max_active_requests
+    if limit <= 0:
+        return
+    active = await deps.store.requests.count_documents(
+        {"tenant": tenant, "status": {"$in": ACTIVE_OR_RECEIVING}}, limit=limit)
+    if active >= limit:
+        raise RateLimited(f"{active} of your requests are still in progress (the most "
+                          f"allowed at once is {limit}): upload again when one has finished",
+                          retry_after=deps.settings.active_retry_after_seconds)
 
 
 def accepted_body(s: Settings, a: Accepted) -> JSONResponse:

@@ -87,11 +87,11 @@ def file_digest(stream: BinaryIO) -> str:
     return digest.hexdigest()
 
 
-async def accept_upload(deps: Deps, stream: BinaryIO, *, filename: str | None,
+async def accept_upload(deps: Deps, stream: BinaryIO, *, tenant: str, filename: str | None,
                         webhook_url: str | None, idempotency_key: str | None) -> Accepted:
     s = deps.settings
     sha = await asyncio.to_thread(file_digest, stream)
-    if idempotency_key and (earlier := await _earlier(deps, idempotency_key, sha)):
+    if idempotency_key and (earlier := await _earlier(deps, tenant, idempotency_key, sha)):
         return earlier
     size = stream.seek(0, io.SEEK_END)
     stream.seek(0)
@@ -108,7 +108,8 @@ async def accept_upload(deps: Deps, stream: BinaryIO, *, filename: str | None,
         request_id, product_count=report.product_count, image_count=report.image_count,
         webhook_url=webhook_url or None, created_at=now_utc(), filename=filename,
         file_sha256=sha, warnings=[w.as_dict() for w in report.warnings],
-        warning_count=report.warning_count, page_rows=rows_per_page(report.max_row_bytes))
+        warning_count=report.warning_count, page_rows=rows_per_page(report.max_row_bytes),
+        tenant=tenant)
     if idempotency_key:
         doc["idempotency_key"] = idempotency_key
     try:
@@ -116,7 +117,7 @@ async def accept_upload(deps: Deps, stream: BinaryIO, *, filename: str | None,
     except DuplicateKeyError as exc:
         if "_id" in (exc.details or {}).get("keyPattern", {}):
             pass  # our own insert, retried after its connection broke, had landed
-        elif earlier := await _earlier(deps, idempotency_key or "", sha):
+        elif earlier := await _earlier(deps, tenant, idempotency_key or "", sha):
             return earlier
         else:  # a concurrent upload with the same key got there first
             raise IdempotencyInProgress("an upload with this Idempotency-Key is being "
@@ -158,11 +159,12 @@ async def discard(store: Store, request_id: str) -> None:
         log.warning("could not remove upload %s yet (the sweep will): %r", request_id, exc)
 
 
-async def _earlier(deps: Deps, key: str, sha: str) -> Accepted | None:
-    """The request an earlier upload with this Idempotency-Key made; None to
-    go on as a new upload (none, or an abandoned one, now removed)."""
+async def _earlier(deps: Deps, tenant: str, key: str, sha: str) -> Accepted | None:
+    """The request an earlier upload of this tenant with this Idempotency-Key
+    made; None to go on as a new upload (none, or an abandoned one, now removed).
+    Another tenant's key of the same value is not seen: it is theirs."""
     doc = await retry_stale_connection(
-        lambda: deps.store.requests.find_one({"idempotency_key": key}))
+        lambda: deps.store.requests.find_one({"tenant": tenant, "idempotency_key": key}))
     if doc is None:
         return None
     if doc.get("file_sha256") != sha:

@@ -252,4 +252,4 @@ def created_event(doc: dict[str, Any]) -> RequestCreated:
         request_id=doc["_id"], product_count=doc["product_count"],
         image_count=doc["image_count"], webhook_url=doc.get("webhook_url"),
         created_at=doc["created_at"], source_filename=doc.get("filename"),
-        page_rows=doc.get("page_rows"))
+        page_rows=doc.get("page_rows"), tenant=doc.get("tenant"))

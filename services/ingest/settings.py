@@ -31,6 +31,16 @@ class Settings(CommonSettings):
     upload_wait_seconds: float = 2.0
     retry_after_seconds: int = 5
 
+    # Limits per API key (429 with Retry-After): uploads a minute (a bucket
+    # of rate_uploads_burst, kept per ingest replica) and requests in
+    # progress at once (counted in MongoDB). 0 = no limit.
+    rate_uploads_per_minute: float = 60.0
+    rate_uploads_burst: int = 20
+    max_active_requests: int = 50
+    active_retry_after_seconds: int = 30
+    # Filled into the upload page for a browser on this machine (make run's demo key).
+    demo_api_key: str = ""
+
     # The relay (services/ingest/relay.py): fair publication of stored requests.
     relay_window: int = 128  # images published but unfinished, per request
     relay_batch: int = 256  # events per request per round

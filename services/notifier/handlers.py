@@ -32,7 +32,7 @@ import aiohttp
 from pymongo import ReturnDocument
 
 from services.notifier.settings import Settings
-from shared import webhook_signing
+from shared import tenants, webhook_signing
 from shared.errors import ImgpipeError, PermanentError, TransientError
 from shared.events import RequestCompleted, now_utc
 from shared.logs import request_id_var
@@ -89,7 +89,21 @@ async def on_request_completed(deps: Deps, ev: RequestCompleted) -> None:
         log.info("output CSV stored at %s", csv_url)
     hook = doc.get("webhook") or {}
     if doc.get("webhook_url") and hook.get("status") not in FINISHED:
-        await deliver(deps, doc["webhook_url"], payload(deps.settings, ev, csv_url))
+        keys = await signing_keys(deps, doc)
+        await deliver(deps, doc["webhook_url"], payload(deps.settings, ev, csv_url), keys)
+
+
+async def signing_keys(deps: Deps, doc: dict[str, Any]) -> list[str] | None:
+    """The secrets a request's webhook is signed with: its tenant's (made with
+    the tenant's first key, rotated by the operator CLI), else the configured
+    IMGPIPE_WEBHOOK_SECRET (requests from before tenants). ``[]``: unsigned,
+    the explicit opt-out. None: no secret at all (not sent; say so)."""
+    if deps.settings.webhook_unsigned:
+        return []
+    tenant = doc.get("tenant")
+    if tenant and (keys := await tenants.webhook_secrets(deps.store, tenant)):
+        return keys
+    return deps.settings.webhook_secrets() or None
 
 
 def payload(s: Settings, ev: RequestCompleted, csv_url: str) -> dict[str, Any]:
@@ -157,7 +171,10 @@ async def claim(deps: Deps, rid: str, owner: str) -> dict[str, Any] | None:
                          code="webhook_in_progress", retry_after=wait)
 
 
-async def deliver(deps: Deps, url: str, body_obj: dict[str, Any]) -> None:
+async def deliver(deps: Deps, url: str, body_obj: dict[str, Any],
+                  keys: list[str] | None) -> None:
+    """Send ``body_obj`` signed with ``keys`` (``[]``: unsigned; None: no
+    secret, so the delivery fails at once, saying why)."""
     s, requests = deps.settings, deps.store.requests
     rid = body_obj["request_id"]
     owner = uuid.uuid4().hex
@@ -166,6 +183,13 @@ async def deliver(deps: Deps, url: str, body_obj: dict[str, Any]) -> None:
         return
     mine = {"_id": rid, "webhook.lease_owner": owner}
     release = {"webhook.lease_until": None, "webhook.lease_owner": None}
+    if keys is None:
+        why = ("webhook_secret_missing: the tenant has no webhook secret and "
+               "IMGPIPE_WEBHOOK_SECRET is not set (or set IMGPIPE_WEBHOOK_UNSIGNED=true)")
+        await requests.update_one(mine, {"$set": {"webhook.status": "failed",
+                                                  "webhook.last_error": why, **release}})
+        log.error("webhook to %s not sent: %s", url, why)
+        return
     done = int((doc.get("webhook") or {}).get("attempts") or 0)
     if done >= s.webhook_max_attempts:
         await requests.update_one(mine, {"$set": {"webhook.status": "failed", **release}})
@@ -184,7 +208,7 @@ async def deliver(deps: Deps, url: str, body_obj: dict[str, Any]) -> None:
             return
         headers = {"Content-Type": "application/json", "X-Imgpipe-Event": "request.completed",
                    "Idempotency-Key": body_obj["notification_id"]}
-        if keys := s.webhook_secrets():  # signed again for each attempt: a new timestamp
+        if keys:  # signed again for each attempt: a new timestamp
             headers.update(webhook_signing.sign_headers(keys, message_id(body_obj), body))
         error = await _post(deps.http, url, body, headers)
         if error is None:

@@ -18,26 +18,21 @@ class Settings(CommonSettings):
     webhook_max_attempts: int = 8
     webhook_backoff_base: float = 1.0
     webhook_backoff_max: float = 60.0
-    # Standard Webhooks signing secrets (whsec_...), the current one first;
-    # during a rotation the new and the old one, space-separated: every
-    # webhook is then signed with both. Required unless webhook_unsigned.
+    # Webhooks are signed (Standard Webhooks) with their tenant's secrets
+    # (shared/tenants.py). This one, the current first, space-separated during
+    # a rotation, signs webhooks of requests whose tenant has none (requests
+    # from before tenants); empty: such a webhook is not sent.
     webhook_secret: str = ""
-    # The explicit opt-out: send webhooks unsigned (receivers cannot tell
+    # The explicit opt-out: send every webhook unsigned (receivers cannot tell
     # ours from a forgery). Only for receivers that cannot verify at all.
     webhook_unsigned: bool = False
 
     @model_validator(mode="after")
-    def _signed_unless_opted_out(self) -> Settings:
+    def _secret_well_formed(self) -> Settings:
         try:  # a mistyped secret stops the notifier at start, not at delivery
-            keys = webhook_signing.parse_secrets(self.webhook_secret)
+            webhook_signing.parse_secrets(self.webhook_secret)
         except webhook_signing.SecretInvalid as exc:
             raise ValueError(f"IMGPIPE_WEBHOOK_SECRET: {exc.message}") from None
-        if not keys and not self.webhook_unsigned:
-            raise ValueError(
-                "IMGPIPE_WEBHOOK_SECRET is not set: webhooks are signed (Standard "
-                "Webhooks). Set it to a secret from `python -m shared.webhook_signing` "
-                "and give that secret to your webhook receivers, or set "
-                "IMGPIPE_WEBHOOK_UNSIGNED=true to send them unsigned.")
         return self
 
     def webhook_secrets(self) -> list[str]:

@@ -9,7 +9,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import httpx
 import pytest
 from PIL import Image
 
@@ -58,7 +57,7 @@ def test_csv_to_output_csv_and_webhook(pipeline: Pipeline, http_server: HttpServ
         writer.writerow([f"{serial}.", name, ",".join(urls)])
     webhook = u("hook")
 
-    with httpx.Client(timeout=30) as client:
+    with pipeline.client(timeout=30) as client:
         resp = client.post(f"{pipeline.ingest_url}/api/v1/requests",
                            files={"file": ("products.csv", out.getvalue(), "text/csv")},
                            data={"webhook_url": webhook})
@@ -123,14 +122,14 @@ def test_csv_to_output_csv_and_webhook(pipeline: Pipeline, http_server: HttpServ
 
 
 def test_unknown_request_is_a_json_404(pipeline: Pipeline) -> None:
-    resp = httpx.get(f"{pipeline.status_url}/api/v1/requests/no-such-id")
+    resp = pipeline.http.get(f"{pipeline.status_url}/api/v1/requests/no-such-id")
     assert resp.status_code == 404
     assert resp.json()["code"] == "request_not_found"
 
 
 def test_invalid_csv_reports_every_error(pipeline: Pipeline) -> None:
     body = "S. No.,Product Name,Input Image Urls\nx,Shoe,ftp://a/b.jpg\n2,,http://a/b.jpg\n"
-    resp = httpx.post(f"{pipeline.ingest_url}/api/v1/requests",
+    resp = pipeline.http.post(f"{pipeline.ingest_url}/api/v1/requests",
                       files={"file": ("bad.csv", body, "text/csv")})
     assert resp.status_code == 422
     found = {(e["line"], e["column"]) for e in resp.json()["errors"]}

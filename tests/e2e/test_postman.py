@@ -55,6 +55,7 @@ def test_postman_collection_runs_green(pipeline: Pipeline, http_server: HttpServ
     report = tmp_path / "newman.json"
     base = http_server.url("").rstrip("/")
     cmd = [str(binary), "run", str(COLLECTION),
+           "--env-var", f"api_key={pipeline.key}",
            "--env-var", f"ingest_url={pipeline.ingest_url}",
            "--env-var", f"status_url_base={pipeline.status_url}",
            "--env-var", f"image_base={base}",

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import HttpServer, running_pipeline
+from tests.conftest import HttpServer, bearer, running_pipeline
 from tests.flows import wait_finished
 from tests.imagecorpus import encode, photo
 
@@ -53,6 +53,7 @@ def test_a_request_rebuilt_from_its_events_into_an_empty_database_is_the_same(
     env = {**stack_env, "IMGPIPE_TOPIC_PREFIX": f"rb{tag}", "IMGPIPE_MONGO_DB": f"rb{tag}"}
     with httpx.Client(timeout=60) as client:
         with running_pipeline(env, tmp_path / "logs-a") as first:
+            client.headers.update(bearer(first.key))
             accepted = client.post(f"{first.ingest_url}/api/v1/requests",
                                    files={"file": ("catalog.csv", body, "text/csv")},
                                    data={"webhook_url": url("hook")})
@@ -63,6 +64,8 @@ def test_a_request_rebuilt_from_its_events_into_an_empty_database_is_the_same(
 
         empty = {**env, "IMGPIPE_MONGO_DB": f"rb{tag}x"}  # same topics, a new database
         with running_pipeline(empty, tmp_path / "logs-b") as second:
+            # The tenant's key, made again in the new database (keys are not events).
+            client.headers.update(bearer(second.new_key(first.tenant)["key"]))
             status_url = f"{second.status_url}/api/v1/requests/{rid}"
             assert client.get(status_url).status_code == 404
             assert "no request.created" in rebuild(empty, "--request-id", "no-such", expect=2)

@@ -117,7 +117,7 @@ def test_an_image_done_acknowledged_but_never_handled_is_recovered_by_the_reconc
     rogue = RogueMember(pipeline.env, drop=3)
     rogue.start()
     assert rogue.joined.wait(120) and rogue.error is None, rogue.error
-    with httpx.Client(timeout=30) as client:
+    with pipeline.client(timeout=30) as client:
         # image.done is keyed by request id: upload until a request's events
         # land on a partition the rogue holds (the others finish normally).
         partitions = list(range(rogue.partition_count))
@@ -163,7 +163,7 @@ def events_of(pipeline: Pipeline, topic: Topic, request_id: str) -> list[Any]:
 def test_every_event_of_a_finished_request_published_again_changes_nothing(
         pipeline: Pipeline, http_server: HttpServer) -> None:
     body, urls = serve_catalog(http_server, 12)
-    with httpx.Client(timeout=30) as client:
+    with pipeline.client(timeout=30) as client:
         accepted = upload(client, pipeline.ingest_url, body, http_server.url("hook"))
         rid, status_url = accepted["request_id"], accepted["status_url"]
         first = wait_finished(client, status_url, within=120)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import io
 
-import httpx
 import pytest
 
 from tests.conftest import HttpServer, Pipeline
@@ -41,7 +40,7 @@ def test_a_repeated_url_is_fetched_once_and_recorded_at_every_position(
     writer.writerows([row + 1, f"Item {row}", ", ".join(urls)] for row, urls in enumerate(inputs))
     total = sum(len(urls) for urls in inputs)
 
-    with httpx.Client(timeout=30) as client:
+    with pipeline.client(timeout=30) as client:
         accepted = upload(client, pipeline.ingest_url, out.getvalue())
         assert accepted["image_count"] == total == ROWS + len(DISTINCT) + len(GONE)
         status = wait_finished(client, accepted["status_url"], within=240)

@@ -8,7 +8,6 @@ import sys
 import time
 from typing import Any
 
-import httpx
 import pytest
 
 from tests.conftest import HttpServer, Pipeline
@@ -21,7 +20,7 @@ def wait_status(p: Pipeline, rid: str, ok: Any, timeout: float = 120) -> dict[st
     deadline = time.monotonic() + timeout
     status: dict[str, Any] = {}
     while time.monotonic() < deadline:
-        status = httpx.get(f"{p.status_url}/api/v1/requests/{rid}").json()
+        status = p.http.get(f"{p.status_url}/api/v1/requests/{rid}").json()
         if ok(status):
             return status
         time.sleep(0.4)
@@ -42,7 +41,7 @@ def test_replay_and_reset_reprocess_a_request(pipeline: Pipeline,
     http_server.files["r2.jpg"] = (encode(photo((200, 150)), "JPEG", quality=70), "image/jpeg")
     csv = ("S. No.,Product Name,Input Image Urls\n"
            f'1,Desk,"{http_server.url("r1.jpg")},{http_server.url("r2.jpg")}"\n')
-    rid = httpx.post(f"{pipeline.ingest_url}/api/v1/requests",
+    rid = pipeline.http.post(f"{pipeline.ingest_url}/api/v1/requests",
                      files={"file": ("p.csv", csv, "text/csv")},
                      data={"webhook_url": http_server.url("hook")}).json()["request_id"]
     first = wait_status(pipeline, rid, lambda s: s["webhook"]["status"] == "delivered")
@@ -55,7 +54,7 @@ def test_replay_and_reset_reprocess_a_request(pipeline: Pipeline,
     while time.monotonic() < deadline and http_server.hits != {"r1.jpg": 2, "r2.jpg": 2}:
         time.sleep(0.3)
     assert http_server.hits == {"r1.jpg": 2, "r2.jpg": 2}
-    again = httpx.get(f"{pipeline.status_url}/api/v1/requests/{rid}").json()
+    again = pipeline.http.get(f"{pipeline.status_url}/api/v1/requests/{rid}").json()
     assert (again["succeeded"], again["failed"], again["status"]) == (2, 0, "COMPLETED")
     assert again["completed_at"] == first["completed_at"]
     assert len(http_server.received) == 1
@@ -67,7 +66,7 @@ def test_replay_and_reset_reprocess_a_request(pipeline: Pipeline,
     refused = replay(pipeline, "--topic", "image.requested", "--request-id", rid,
                      "--request-id", "no-such-request", "--reset", expect=2)
     assert "no request no-such-request" in refused
-    assert httpx.get(f"{pipeline.status_url}/api/v1/requests/{rid}").json()["status"] == \
+    assert pipeline.http.get(f"{pipeline.status_url}/api/v1/requests/{rid}").json()["status"] == \
         "COMPLETED"
 
     # --reset: the request is processed afresh and completes (and notifies) again.

@@ -7,7 +7,6 @@ from __future__ import annotations
 import time
 import uuid
 
-import httpx
 import pytest
 
 from tests.conftest import HttpServer, Pipeline
@@ -26,7 +25,7 @@ def test_no_secret_in_any_services_log(pipeline: Pipeline, http_server: HttpServ
     body, _ = catalog(http_server, tag, 2)
     body += f"3,Broken,{http_server.url(f'{tag}/bad.jpg')}?sig={token}\n"
     hook = http_server.url("hook").replace("://", f"://merchant:{password}@") + f"?token={token}"
-    with httpx.Client(timeout=30) as client:
+    with pipeline.client(timeout=30) as client:
         accepted = upload(client, pipeline.ingest_url, body, hook)
         wait_finished(client, accepted["status_url"], within=120)
         shown = client.get(accepted["status_url"]).json()

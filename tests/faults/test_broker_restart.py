@@ -9,7 +9,6 @@ import time
 import uuid
 from pathlib import Path
 
-import httpx
 import pytest
 
 from deploy.brokers import BROKERS
@@ -40,7 +39,7 @@ def test_a_broker_restart_mid_request_loses_nothing(
     body, urls = catalog(http_server, tag, IMAGES)
     with own_stack(tmp_path / "stack", broker) as (stack, state), \
             running_pipeline(env_for(state), tmp_path / "logs") as pipeline, \
-            httpx.Client(timeout=30) as client:
+            pipeline.client(timeout=30) as client:
         accepted = upload(client, pipeline.ingest_url, body, http_server.url("hook"))
         status_url = accepted["status_url"]
         deadline = time.monotonic() + 120

@@ -28,7 +28,7 @@ from pymongo import MongoClient
 from deploy import services
 from shared.products import MAX_PAGE_ROWS, id_range
 from shared.requests import Status
-from tests.conftest import HttpServer, Pipeline, running_pipeline
+from tests.conftest import HttpServer, Pipeline, bearer, running_pipeline
 from tests.flows import wait_finished
 from tests.imagecorpus import encode, photo
 
@@ -69,24 +69,25 @@ class Watch:
                         self.db.product_pages.count_documents({"_id": id_range(doc["_id"])}))
 
 
-def send(url: str, body: str, key: str) -> httpx.Response:
-    with httpx.Client(timeout=120) as client:
+def send(url: str, body: str, key: str, api_key: str) -> httpx.Response:
+    with httpx.Client(timeout=120, headers=bearer(api_key)) as client:
         return client.post(f"{url}/api/v1/requests", headers={"Idempotency-Key": key},
                            files={"file": ("catalog.csv", body, "text/csv")})
 
 
-def until_accepted(url: str, body: str, key: str, within: float = 120) -> dict[str, Any]:
+def until_accepted(url: str, body: str, key: str, api_key: str,
+                   within: float = 120) -> dict[str, Any]:
     """Retry an upload as a client would (same key, honouring Retry-After)."""
     deadline = time.monotonic() + within
     while True:
         try:
-            resp = send(url, body, key)
+            resp = send(url, body, key, api_key)
         except httpx.TransportError:
             resp = None
         if resp is not None and resp.status_code == 202:
             accepted: dict[str, Any] = resp.json()
             return accepted
-        assert resp is None or resp.status_code in (409, 503), resp.text
+        assert resp is None or resp.status_code in (409, 429, 503), resp.text
         assert time.monotonic() < deadline, "the retried upload was never accepted"
         wait = float(resp.headers.get("retry-after", 1)) if resp is not None else 0.5
         time.sleep(min(wait, 2.0))  # Retry-After, as a client honours it
@@ -98,12 +99,13 @@ class Upload(threading.Thread):
     def __init__(self, pipeline: Pipeline, body: str) -> None:
         super().__init__(daemon=True)
         self.url, self.body, self.key = pipeline.ingest_url, body, uuid.uuid4().hex
+        self.api_key = pipeline.key
         self.started = time.monotonic()
         self.answer: httpx.Response | BaseException | None = None
 
     def run(self) -> None:
         try:
-            self.answer = send(self.url, self.body, self.key)
+            self.answer = send(self.url, self.body, self.key, self.api_key)
         except BaseException as exc:
             self.answer = exc
 
@@ -173,19 +175,19 @@ def test_ingest_killed_at_ten_moments_of_an_upload(crashable: Pipeline,
             first = got.json()
             answered.append(name)
             # The same key after the crash answers the same request.
-            assert until_accepted(pipeline.ingest_url, body, upload.key)["request_id"] == (
-                first["request_id"])
+            again = until_accepted(pipeline.ingest_url, body, upload.key, pipeline.key)
+            assert again["request_id"] == first["request_id"]
             accepted.append(first)
         else:
             assert isinstance(got, httpx.TransportError) or (
                 isinstance(got, httpx.Response) and got.status_code in (409, 503)), got
-            accepted.append(until_accepted(pipeline.ingest_url, body, upload.key))
+            accepted.append(until_accepted(pipeline.ingest_url, body, upload.key, pipeline.key))
     # The kills did land where they were meant to: mid-store, and after a 202.
     mid_store = [n for n, s in killed_while.items() if s == Status.RECEIVING]
     log.info("killed while: %s; answered before the kill: %s", killed_while, answered)
     assert len(mid_store) >= 4 and "answered" in answered, (killed_while, answered)
 
-    with httpx.Client(timeout=60) as client:
+    with pipeline.client(timeout=60) as client:
         for a in accepted:
             status = wait_finished(client, a["status_url"], within=600)
             assert (status["status"], status["succeeded"], status["failed"]) == (

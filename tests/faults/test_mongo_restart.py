@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import env_for, own_stack
+from tests.conftest import bearer, env_for, own_stack
 from tests.integration.test_ingest_backpressure import big_csv, ingest_only
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
@@ -26,8 +26,8 @@ def post(client: httpx.Client, url: str, body: str) -> httpx.Response:
 def test_a_mongodb_restart_or_outage_never_answers_500(tmp_path: Path) -> None:
     body = big_csv(50)
     with own_stack(tmp_path / "stack") as (stack, state), \
-            ingest_only(env_for(state), tmp_path / "logs") as url, \
-            httpx.Client(timeout=60) as client:
+            ingest_only(env_for(state), tmp_path / "logs") as (url, key), \
+            httpx.Client(timeout=60, headers=bearer(key)) as client:
         for _ in range(3):  # a few pooled connections in use
             assert post(client, url, body).status_code == 202
 

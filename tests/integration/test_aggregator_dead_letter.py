@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from shared.events import ImageRequested
 from shared.topics import Topic
-from tests.conftest import Pipeline
+from tests.conftest import Pipeline, bearer
 
 pytestmark = pytest.mark.stack
 
@@ -56,7 +56,7 @@ async def test_a_dead_lettered_event_marks_its_request_in_the_status_api(
     """An event the aggregator cannot record shows on its request, once per event."""
     prefix, bootstrap = pipeline.env["IMGPIPE_TOPIC_PREFIX"], pipeline.env[
         "IMGPIPE_KAFKA_BOOTSTRAP"]
-    async with httpx.AsyncClient(timeout=30) as http:
+    async with httpx.AsyncClient(timeout=30, headers=bearer(pipeline.key)) as http:
         resp = await http.post(f"{pipeline.ingest_url}/api/v1/requests", files={"file": (
             "p.csv", "S. No.,Product Name,Input Image Urls\n1,A,https://img.example/a.jpg\n",
             "text/csv")})

@@ -33,7 +33,7 @@ def post(p: Pipeline, body: dict[str, Any], *, secret: str | None = None,
          header: str | None = None) -> httpx.Response:
     raw = json.dumps(body).encode()
     sig = header if header is not None else sign(secret or p.env["IMGPIPE_CALLBACK_SECRET"], raw)
-    return httpx.post(f"{p.ingest_url}/api/v1/callbacks/image-processed", content=raw,
+    return p.http.post(f"{p.ingest_url}/api/v1/callbacks/image-processed", content=raw,
                       headers={"X-Imgpipe-Signature": sig,
                                "Content-Type": "application/json"})
 
@@ -41,7 +41,7 @@ def post(p: Pipeline, body: dict[str, Any], *, secret: str | None = None,
 def test_callbacks_complete_a_request(pipeline: Pipeline, silent_host: str) -> None:
     urls = [f"{silent_host}/a.jpg", f"{silent_host}/b.jpg"]
     csv = f'S. No.,Product Name,Input Image Urls\n1,Lamp,"{urls[0]}, {urls[1]}"\n'
-    resp = httpx.post(f"{pipeline.ingest_url}/api/v1/requests",
+    resp = pipeline.http.post(f"{pipeline.ingest_url}/api/v1/requests",
                       files={"file": ("p.csv", csv, "text/csv")})
     rid = resp.json()["request_id"]
     ok = {"request_id": rid, "row": 0, "position": 0, "url": urls[0],
@@ -67,14 +67,14 @@ def test_callbacks_complete_a_request(pipeline: Pipeline, silent_host: str) -> N
     deadline = time.monotonic() + 60
     status: dict[str, Any] = {}
     while time.monotonic() < deadline:
-        status = httpx.get(f"{pipeline.status_url}/api/v1/requests/{rid}").json()
+        status = pipeline.http.get(f"{pipeline.status_url}/api/v1/requests/{rid}").json()
         if status["status"] != "QUEUED" and status["processed"] == 2:
             break
         time.sleep(0.3)
     assert status["status"] == "COMPLETED_WITH_ERRORS", status
     assert (status["succeeded"], status["failed"]) == (1, 1)
     assert status["failures"][0]["error_code"] == "vendor_timeout"
-    products = httpx.get(f"{pipeline.status_url}/api/v1/requests/{rid}/products").json()
+    products = pipeline.http.get(f"{pipeline.status_url}/api/v1/requests/{rid}/products").json()
     assert products[0]["output_urls"] == ["https://cdn.example/out/a.jpg", None]
 
 
@@ -86,7 +86,7 @@ def test_a_callback_for_a_covered_position_applies_to_that_position_only(
     url = f"{silent_host}/same.jpg"
     csv = "S. No.,Product Name,Input Image Urls\n" + "".join(
         f"{i},Lamp {i},{url}\n" for i in (1, 2, 3))
-    rid = httpx.post(f"{pipeline.ingest_url}/api/v1/requests",
+    rid = pipeline.http.post(f"{pipeline.ingest_url}/api/v1/requests",
                      files={"file": ("p.csv", csv, "text/csv")}).json()["request_id"]
     for row in (1, 0, 2, 1):  # a covered position first, and once more at the end
         body = {"request_id": rid, "row": row, "position": 0, "url": url,
@@ -95,11 +95,11 @@ def test_a_callback_for_a_covered_position_applies_to_that_position_only(
     deadline = time.monotonic() + 60
     status: dict[str, Any] = {}
     while time.monotonic() < deadline:
-        status = httpx.get(f"{pipeline.status_url}/api/v1/requests/{rid}").json()
+        status = pipeline.http.get(f"{pipeline.status_url}/api/v1/requests/{rid}").json()
         if status["processed"] == 3:
             break
         time.sleep(0.3)
     assert (status["status"], status["succeeded"], status["failed"]) == ("COMPLETED", 3, 0)
-    products = httpx.get(f"{pipeline.status_url}/api/v1/requests/{rid}/products").json()
+    products = pipeline.http.get(f"{pipeline.status_url}/api/v1/requests/{rid}/products").json()
     assert [p["output_urls"] for p in products] == [
         [f"https://cdn.example/out/{row}.jpg"] for row in (0, 1, 2)]

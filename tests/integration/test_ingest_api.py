@@ -35,7 +35,7 @@ def database(p: Pipeline) -> Iterator[Database[dict[str, Any]]]:
 
 def upload(p: Pipeline, body: bytes | str, *, name: str = "p.csv", ctype: str = "text/csv",
            **kw: Any) -> httpx.Response:
-    return httpx.post(f"{p.ingest_url}/api/v1/requests", files={"file": (name, body, ctype)},
+    return p.http.post(f"{p.ingest_url}/api/v1/requests", files={"file": (name, body, ctype)},
                       timeout=60, **kw)
 
 
@@ -65,7 +65,7 @@ def test_rows_are_stored_in_order_and_visible_at_once(pipeline: Pipeline) -> Non
     resp = upload(pipeline, csv)
     assert resp.status_code == 202
     rid = resp.json()["request_id"]
-    products = httpx.get(f"{pipeline.status_url}/api/v1/requests/{rid}/products").json()
+    products = pipeline.http.get(f"{pipeline.status_url}/api/v1/requests/{rid}/products").json()
     assert [(p["serial"], p["name"], p["input_urls"]) for p in products] == [
         (2, "B", ["https://img.example/b1.jpg", "https://img.example/b2.jpg"]),
         (1, "A", ["https://img.example/a1.jpg"])]
@@ -90,7 +90,7 @@ def test_wrong_content_type_is_415(pipeline: Pipeline) -> None:
     resp = upload(pipeline, b"\x89PNG\r\n", name="p.png", ctype="image/png")
     assert resp.status_code == 415
     assert "CSV" in resp.json()["errors"][0]["message"]
-    raw = httpx.post(f"{pipeline.ingest_url}/api/v1/requests", json={"a": 1})
+    raw = pipeline.http.post(f"{pipeline.ingest_url}/api/v1/requests", json={"a": 1})
     assert raw.status_code == 415
 
 
@@ -120,28 +120,30 @@ def test_the_same_url_is_fetched_once(pipeline: Pipeline, http_server: HttpServe
     deadline = time.monotonic() + 120
     status: dict[str, Any] = {}
     while time.monotonic() < deadline:
-        status = httpx.get(f"{pipeline.status_url}/api/v1/requests/{rid}").json()
+        status = pipeline.http.get(f"{pipeline.status_url}/api/v1/requests/{rid}").json()
         if status["status"] == "COMPLETED":
             break
         time.sleep(0.5)
     assert status["status"] == "COMPLETED", status
     assert http_server.hits["same.jpg"] == 1
-    products = httpx.get(f"{pipeline.status_url}/api/v1/requests/{rid}/products").json()
+    products = pipeline.http.get(f"{pipeline.status_url}/api/v1/requests/{rid}/products").json()
     outputs = [u for p in products for u in p["output_urls"]]
     assert len(outputs) == 3 and len(set(outputs)) == 1 and outputs[0]
 
 
 def test_the_upload_page_and_cors(pipeline: Pipeline) -> None:
-    page = httpx.get(f"{pipeline.ingest_url}/")
+    page = pipeline.http.get(f"{pipeline.ingest_url}/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
     assert 'type="file"' in page.text and "/api/v1/requests" in page.text
     # The page's own origin may read the status API; another site's may not.
     port = pipeline.ports.ingest
     for origin in (f"http://127.0.0.1:{port}", f"http://localhost:{port}"):
-        resp = httpx.get(f"{pipeline.status_url}/api/v1/requests/x", headers={"Origin": origin})
+        resp = pipeline.http.get(f"{pipeline.status_url}/api/v1/requests/x",
+                                 headers={"Origin": origin})
         assert resp.headers.get("access-control-allow-origin") == origin
     for origin in ("http://127.0.0.1:1", "https://evil.example"):
-        resp = httpx.get(f"{pipeline.status_url}/api/v1/requests/x", headers={"Origin": origin})
+        resp = pipeline.http.get(f"{pipeline.status_url}/api/v1/requests/x",
+                                 headers={"Origin": origin})
         assert "access-control-allow-origin" not in resp.headers
 
 
@@ -153,15 +155,16 @@ def test_products_are_paged_in_input_order_across_page_boundaries(pipeline: Pipe
     url = f"{pipeline.status_url}/api/v1/requests/{rid}/products"
     for offset, limit, expected in [(0, 3, [1, 2, 3]), (70, 20, list(range(71, 91))),
                                     (150, 100, list(range(151, 201))), (200, 5, [])]:
-        got = httpx.get(url, params={"offset": offset, "limit": limit}).json()
+        got = pipeline.http.get(url, params={"offset": offset, "limit": limit}).json()
         assert [p["serial"] for p in got] == expected
-    row = httpx.get(url, params={"offset": 79, "limit": 1}).json()[0]
+    row = pipeline.http.get(url, params={"offset": 79, "limit": 1}).json()[0]
     assert (row["serial"], row["name"], row["input_urls"], len(row["output_urls"])) == (
         80, "P80", ["https://img.example/80.jpg"], 1)
 
     # A product page lost from the database is an error, never a shorter list.
     deadline = time.monotonic() + 60
-    while httpx.get(f"{pipeline.status_url}/api/v1/requests/{rid}").json()["published"] < 200:
+    status_url = f"{pipeline.status_url}/api/v1/requests/{rid}"
+    while pipeline.http.get(status_url).json()["published"] < 200:
         assert time.monotonic() < deadline, "the relay never published the request"
         time.sleep(0.2)
     with database(pipeline) as db:
@@ -169,7 +172,7 @@ def test_products_are_paged_in_input_order_across_page_boundaries(pipeline: Pipe
         assert request is not None
         pages = db["product_pages"]
         assert pages.delete_one({"_id": page_id(rid, request['page_rows'])}).deleted_count == 1
-    broken = httpx.get(url, params={"offset": 0, "limit": 1000})
+    broken = pipeline.http.get(url, params={"offset": 0, "limit": 1000})
     assert broken.status_code == 500
     assert broken.json()["code"] == "product_rows_missing"
 
@@ -185,11 +188,11 @@ def test_a_finished_request_missing_rows_gets_a_500_not_a_cut_off_csv(
     while status.get("status") not in ("COMPLETED", "COMPLETED_WITH_ERRORS", "FAILED"):
         assert time.monotonic() < deadline, status
         time.sleep(0.3)
-        status = httpx.get(f"{pipeline.status_url}/api/v1/requests/{rid}").json()
+        status = pipeline.http.get(f"{pipeline.status_url}/api/v1/requests/{rid}").json()
     csv_url = f"{pipeline.status_url}/api/v1/requests/{rid}/output.csv"
-    assert httpx.get(csv_url).status_code == 200
+    assert pipeline.http.get(csv_url).status_code == 200
     with database(pipeline) as db:
         assert db["product_pages"].delete_one({"_id": page_id(rid, 0)}).deleted_count == 1
-    broken = httpx.get(csv_url)
+    broken = pipeline.http.get(csv_url)
     assert broken.status_code == 500
     assert broken.json()["code"] == "product_rows_missing"

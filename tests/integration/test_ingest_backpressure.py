@@ -18,33 +18,35 @@ from pymongo import MongoClient
 from deploy import services
 from shared.products import id_range
 from shared.requests import Status
+from tests.conftest import bearer, new_key
 
 pytestmark = pytest.mark.stack
 UPLOADS, ROWS = 8, 4000
 
 
 @contextlib.contextmanager
-def ingest_only(env: dict[str, str], logs: Path) -> Iterator[str]:
+def ingest_only(env: dict[str, str], logs: Path) -> Iterator[tuple[str, str]]:
     """The ingest service alone (its relay publishes; nothing consumes), on a
-    free port; its base URL."""
+    free port: its base URL and an API key of a tenant of its own."""
     ports = services.ServicePorts.free()
     [svc] = [s for s in services.plan(env, ports, processors=0) if s.name == "ingest"]
     running = services.start([svc], log_dir=logs, timeout=120)
     try:
-        yield f"http://127.0.0.1:{ports.ingest}"
+        yield f"http://127.0.0.1:{ports.ingest}", new_key(env)["key"]
     finally:
         running.stop()
 
 
 @pytest.fixture
-def narrow_ingest(stack_env: dict[str, str], tmp_path: Path) -> Iterator[tuple[str, str]]:
+def narrow_ingest(stack_env: dict[str, str], tmp_path: Path
+                  ) -> Iterator[tuple[str, str, str]]:
     """Ingest that parses one upload at a time and lets the next wait 50 ms."""
     tag = uuid.uuid4().hex[:8]
     env = {**stack_env, "IMGPIPE_TOPIC_PREFIX": f"b{tag}", "IMGPIPE_MONGO_DB": f"b{tag}",
            "IMGPIPE_MAX_CONCURRENT_UPLOADS": "1", "IMGPIPE_UPLOAD_WAIT_SECONDS": "0.05",
            "IMGPIPE_RETRY_AFTER_SECONDS": "3"}
-    with ingest_only(env, tmp_path) as url:
-        yield url, env["IMGPIPE_MONGO_DB"]
+    with ingest_only(env, tmp_path) as (url, key):
+        yield url, env["IMGPIPE_MONGO_DB"], key
 
 
 def big_csv(rows: int) -> str:
@@ -55,12 +57,12 @@ def big_csv(rows: int) -> str:
 
 
 def test_uploads_beyond_the_bound_get_503_with_retry_after_and_store_nothing(
-        narrow_ingest: tuple[str, str], stack_env: dict[str, str]) -> None:
-    url, db = narrow_ingest
+        narrow_ingest: tuple[str, str, str], stack_env: dict[str, str]) -> None:
+    url, db, key = narrow_ingest
     body = big_csv(ROWS)
 
     def send(i: int) -> httpx.Response:
-        with httpx.Client(timeout=120) as client:
+        with httpx.Client(timeout=120, headers=bearer(key)) as client:
             return client.post(f"{url}/api/v1/requests",
                                files={"file": (f"p{i}.csv", body, "text/csv")})
 

@@ -36,7 +36,7 @@ def chunked_multipart(total: int, boundary: str) -> Iterator[bytes]:
 @pytest.mark.stack
 def test_a_chunked_upload_over_the_limit_is_413(pipeline: Pipeline) -> None:
     boundary = uuid.uuid4().hex
-    resp = httpx.post(f"{pipeline.ingest_url}{UPLOAD}",
+    resp = pipeline.http.post(f"{pipeline.ingest_url}{UPLOAD}",
                       content=chunked_multipart(7 * MIB, boundary), timeout=60,
                       headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
     assert "content-length" not in resp.request.headers
@@ -67,7 +67,7 @@ def test_413_comes_while_the_body_is_still_arriving(pipeline: Pipeline) -> None:
 @pytest.mark.stack
 def test_a_chunked_upload_under_the_limit_is_parsed(pipeline: Pipeline) -> None:
     boundary = uuid.uuid4().hex
-    resp = httpx.post(f"{pipeline.ingest_url}{UPLOAD}",
+    resp = pipeline.http.post(f"{pipeline.ingest_url}{UPLOAD}",
                       content=chunked_multipart(64 * 1024, boundary), timeout=60,
                       headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
     # Read whole and validated: the rows repeat serial 1, so the CSV check answers.
@@ -141,7 +141,7 @@ def test_an_oversize_callback_is_refused_unread(pipeline: Pipeline) -> None:
         for _ in range(200):  # 12.8 MB if it were all read
             yield b"x" * 65536
 
-    resp = httpx.post(f"{pipeline.ingest_url}/api/v1/callbacks/image-processed",
+    resp = pipeline.http.post(f"{pipeline.ingest_url}/api/v1/callbacks/image-processed",
                       content=endless(), timeout=60,
                       headers={"Content-Type": "application/json"})
     assert resp.status_code == 413, resp.text

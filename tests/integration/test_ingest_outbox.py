@@ -102,7 +102,7 @@ def csv_of(rows: int, urls_per_row: int = 2) -> CountingStream:
 
 
 async def accept(deps: Deps, rows: int, key: str | None = None, urls_per_row: int = 2) -> Any:
-    return await accept_upload(deps, csv_of(rows, urls_per_row), filename="f.csv",
+    return await accept_upload(deps, csv_of(rows, urls_per_row), tenant="t", filename="f.csv",
                                webhook_url=None, idempotency_key=key)
 
 
@@ -118,7 +118,7 @@ async def test_an_upload_is_stored_whole_before_its_202_and_nothing_is_published
         deps: Deps, rows: int, once: bool) -> None:
     deps.settings.parse_once_max_bytes = 1 << 20 if once else 0
     stream = csv_of(rows)
-    accepted = await accept_upload(deps, stream, filename="f.csv", webhook_url=None,
+    accepted = await accept_upload(deps, stream, tenant="t", filename="f.csv", webhook_url=None,
                                    idempotency_key=None)
     # read by the digest and by validation, and a third time only if not kept
     assert stream.bytes_read == len(stream.getvalue()) * (2 if once else 3)

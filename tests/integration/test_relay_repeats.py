@@ -42,7 +42,8 @@ def rows_csv(rows: int = ROWS) -> tuple[bytes, list[tuple[int, int, str]]]:
 
 async def upload(deps: Deps, rows: int = ROWS) -> tuple[str, list[tuple[int, int, str]]]:
     body, positions = rows_csv(rows)
-    accepted = await accept_upload(deps, io.BytesIO(body), filename="f.csv", webhook_url=None,
+    accepted = await accept_upload(deps, io.BytesIO(body), tenant="t", filename="f.csv",
+                                   webhook_url=None,
                                    idempotency_key=None)
     assert accepted.image_count == len(positions)
     return accepted.request_id, positions
@@ -93,7 +94,7 @@ async def test_covered_positions_use_no_credit(deps: Deps) -> None:
     events), and those rows hold back no other request's credit."""
     body = "S. No.,Product Name,Input Image Urls\n" + "".join(
         f"{row},P{row},{SAME}\n" for row in range(1, 2501))
-    big = (await accept_upload(deps, io.BytesIO(body.encode()), filename="f.csv",
+    big = (await accept_upload(deps, io.BytesIO(body.encode()), tenant="t", filename="f.csv",
                                webhook_url=None, idempotency_key=None)).request_id
     small = (await outbox.accept(deps, 3)).request_id  # 6 distinct URLs
     relay = relay_of(deps, relay_window=5, relay_batch=5, relay_max_in_flight=8)

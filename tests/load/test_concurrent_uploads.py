@@ -18,7 +18,14 @@ import pytest
 
 from deploy.brokers import BROKERS
 from shared.requests import TERMINAL_STATUSES
-from tests.conftest import HttpServer, Pipeline, env_for, own_stack, running_pipeline
+from tests.conftest import (
+    HttpServer,
+    Pipeline,
+    bearer,
+    env_for,
+    own_stack,
+    running_pipeline,
+)
 from tests.imagecorpus import encode, photo
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
@@ -39,9 +46,12 @@ def csv_of(http_server: HttpServer, tag: str, rows: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-async def upload(client: httpx.AsyncClient, url: str, body: str) -> httpx.Response:
+TENANTS = 5  # the uploads come from this many merchants, each with its own key
+
+
+async def upload(client: httpx.AsyncClient, url: str, body: str, key: str) -> httpx.Response:
     started = time.monotonic()
-    resp = await client.post(f"{url}/api/v1/requests",
+    resp = await client.post(f"{url}/api/v1/requests", headers=bearer(key),
                              files={"file": ("load.csv", body, "text/csv")})
     resp.extensions["seconds"] = time.monotonic() - started
     return resp
@@ -52,15 +62,17 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
 
 
-async def settle(client: httpx.AsyncClient, status_base: str, ids: list[str],
+async def settle(client: httpx.AsyncClient, status_base: str, ids: dict[str, str],
                  within: float) -> dict[str, dict[str, object]]:
-    """Poll every request until all are terminal (bounded); their last status."""
+    """Poll every request (id -> its tenant's key) until all are terminal
+    (bounded); their last status."""
     last: dict[str, dict[str, object]] = {}
     pending = set(ids)
     deadline = time.monotonic() + within
     while pending and time.monotonic() < deadline:
         for rid in sorted(pending):
-            resp = await client.get(f"{status_base}/api/v1/requests/{rid}")
+            resp = await client.get(f"{status_base}/api/v1/requests/{rid}",
+                                    headers=bearer(ids[rid]))
             if resp.status_code == 200:
                 last[rid] = resp.json()
                 if last[rid]["status"] in TERMINAL_STATUSES:
@@ -96,13 +108,14 @@ async def test_fifty_concurrent_uploads_of_a_thousand_rows(
 async def rounds(pipeline: Pipeline, http_server: HttpServer, uploads: int, rows: int,
                  n_rounds: int) -> None:
     limits = httpx.Limits(max_connections=uploads + 4)
+    keys = [pipeline.new_key()["key"] for _ in range(TENANTS)]
     async with httpx.AsyncClient(timeout=120, limits=limits) as client:
         for round_no in range(1, n_rounds + 1):
             started = time.monotonic()
             tags = [uuid.uuid4().hex[:10] for _ in range(uploads)]
             answers = await asyncio.gather(*(
-                upload(client, pipeline.ingest_url, csv_of(http_server, tag, rows))
-                for tag in tags))
+                upload(client, pipeline.ingest_url, csv_of(http_server, tag, rows),
+                       keys[i % TENANTS]) for i, tag in enumerate(tags)))
             codes = [r.status_code for r in answers]
             # Refusals are allowed only as a clear "come back later", never a 500.
             assert set(codes) <= {202, 429, 503}, [(r.status_code, r.text[:200])
@@ -111,7 +124,8 @@ async def rounds(pipeline: Pipeline, http_server: HttpServer, uploads: int, rows
                 if r.status_code != 202:
                     assert int(r.headers["retry-after"]) >= 1
                     assert r.headers["content-type"].startswith("application/problem+json")
-            ids = [r.json()["request_id"] for r in answers if r.status_code == 202]
+            ids = {r.json()["request_id"]: keys[i % TENANTS]
+                   for i, r in enumerate(answers) if r.status_code == 202}
             assert ids, "no upload was accepted"
             seconds = [r.extensions["seconds"] for r in answers if r.status_code == 202]
             final = await settle(client, pipeline.status_url, ids, SETTLE_SECONDS)
@@ -120,7 +134,7 @@ async def rounds(pipeline: Pipeline, http_server: HttpServer, uploads: int, rows
                 assert (st["status"], st["succeeded"], st["failed"], st["image_count"]) == (
                     "COMPLETED", rows, 0, rows), (rid, st)
                 csv_resp = await client.get(f"{pipeline.status_url}/api/v1/requests/{rid}"
-                                            "/output.csv")
+                                            "/output.csv", headers=bearer(ids[rid]))
                 assert csv_resp.status_code == 200
                 assert len(csv_resp.text.strip().splitlines()) == rows + 1
             log.warning("load round %s (%s x %s rows): %s accepted, %s refused (503/429); "

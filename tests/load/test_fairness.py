@@ -8,7 +8,6 @@ from __future__ import annotations
 import time
 import uuid
 
-import httpx
 import pytest
 
 from shared.requests import TERMINAL_STATUSES
@@ -28,7 +27,7 @@ def test_a_small_request_finishes_in_seconds_while_a_big_one_is_processing(
     http_server.prefixes[f"{big_tag}/"] = http_server.prefixes[f"{small_tag}/"] = image
     big_body, _ = catalog(http_server, big_tag, BIG)
     small_body, small_urls = catalog(http_server, small_tag, SMALL)
-    with httpx.Client(timeout=60) as client:
+    with pipeline.client(timeout=60) as client:
         big = upload(client, pipeline.ingest_url, big_body)
         deadline = time.monotonic() + 120
         while client.get(big["status_url"]).json()["succeeded"] < 200:  # well under way

@@ -12,7 +12,6 @@ import pytest
 from pydantic import ValidationError
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from deploy import services
 from deploy.run import webhook_secret
 from services.notifier.settings import Settings
 from shared import webhook_signing as ws
@@ -93,10 +92,8 @@ def test_a_bad_secret_is_refused_with_how_to_fix_it(secret: str, why: str) -> No
         ws.parse_secrets(secret)
 
 
-def test_the_notifier_refuses_to_start_without_a_secret_unless_opted_out() -> None:
-    with pytest.raises(ValidationError, match="IMGPIPE_WEBHOOK_UNSIGNED=true"):
-        Settings(webhook_secret="")
-    assert Settings(webhook_secret="", webhook_unsigned=True).webhook_secrets() == []
+def test_the_notifier_checks_its_fallback_secrets_at_start() -> None:
+    assert Settings(webhook_secret="").webhook_secrets() == []  # tenants have their own
     new, old = ws.new_secret(), ws.new_secret()
     assert Settings(webhook_secret=f"{new} {old}").webhook_secrets() == [new, old]
     assert Settings(webhook_secret=f"{new},{old}").webhook_secrets() == [new, old]
@@ -116,17 +113,3 @@ def test_make_run_keeps_one_secret_across_restarts(tmp_path: Path,
     assert webhook_secret(tmp_path / "data") == given
 
 
-@pytest.mark.parametrize(("given", "signed"), [
-    ({}, True), ({"IMGPIPE_WEBHOOK_UNSIGNED": "false"}, True),
-    ({"IMGPIPE_WEBHOOK_UNSIGNED": "true"}, False)])
-def test_the_services_started_by_deploy_are_signed_unless_opted_out(
-        given: dict[str, str], signed: bool) -> None:
-    [notifier] = [s for s in services.plan(given, services.ServicePorts(), processors=0)
-                  if s.name == "notifier"]
-    secret = notifier.env.get("IMGPIPE_WEBHOOK_SECRET")
-    assert (secret is not None and ws.parse_secrets(secret) == [secret]) == signed
-    given_secret = ws.new_secret()
-    [notifier] = [s for s in services.plan({"IMGPIPE_WEBHOOK_SECRET": given_secret},
-                                           services.ServicePorts(), processors=0)
-                  if s.name == "notifier"]
-    assert notifier.env["IMGPIPE_WEBHOOK_SECRET"] == given_secret
