@@ -96,6 +96,22 @@ class ProductOut(BaseModel):
     output_urls: list[str | None]
 
 
+async def load(request: Request, tenant: CurrentTenant, request_id: str) -> dict[str, Any]:
+    """The tenant's request: another tenant's is not found, like an unknown id."""
+    request.app.state.reads.take(tenant.key_id)
+    doc = await request.app.state.store.requests.find_one(
+        {"_id": request_id, "tenant": tenant.id, **VISIBLE})
+    if doc is None:
+        raise HTTPException(404, detail={
+            "code": "request_not_found",
+            "message": f"no request with id {request_id!r}: check the id returned "
+                       "by the upload"})
+    return dict(doc)
+
+
+Found = Annotated[dict[str, Any], Depends(load)]
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     s = settings or Settings()
     setup_logging("status-api", s.log_level)
@@ -116,19 +132,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(CORSMiddleware, allow_origins=s.allowed_origins(),
                        allow_methods=["GET"], allow_headers=["Authorization"])
     problems.install(app)  # every error as application/problem+json (shared/problems.py)
-    reads = RateLimit(s.rate_status_per_second, s.rate_status_burst, "status reads")
+    app.state.reads = RateLimit(s.rate_status_per_second, s.rate_status_burst, "status reads")
 
-    async def load(request: Request, tenant: CurrentTenant, request_id: str) -> dict[str, Any]:
-        """The tenant's request: another tenant's is not found, like an unknown id."""
-        reads.take(tenant.key_id)
-        doc = await request.app.state.store.requests.find_one(
-            {"_id": request_id, "tenant": tenant.id, **VISIBLE})
-        if doc is None:
-            raise HTTPException(404, detail={
-                "code": "request_not_found",
-                "message": f"no request with id {request_id!r}: check the id returned "
-                           "by the upload"})
-        return dict(doc)
 
     @app.get("/health", tags=["ops"])
     async def health(request: Request) -> JSONResponse:
@@ -142,7 +147,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/api/v1/requests/{request_id}", response_model=RequestStatus, tags=["requests"],
              responses=errors)
     async def get_status(request: Request,
-                         doc: Annotated[dict[str, Any], Depends(load)]) -> RequestStatus:
+                         doc: Found) -> RequestStatus:
         """Status, counts, progress, failures and (when finished) the output CSV URL."""
         store: Store = request.app.state.store
         failures = [Failure(serial=f["serial"], position=f["position"], url=f["input_url"],
@@ -155,11 +160,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         processed = doc["succeeded"] + doc["failed"]
         total = doc["image_count"]
         hook = doc.get("webhook") or {}
+        relay: dict[str, Any] = doc.get("relay") or {}
         return RequestStatus(
             request_id=doc["_id"], status=doc["status"], product_count=doc["product_count"],
             image_count=total, succeeded=doc["succeeded"], failed=doc["failed"],
             processed=processed, progress=round(processed / total, 4) if total else 1.0,
-            published=int((doc.get("relay") or {}).get("published", total)),
+            published=int(relay["published"] if "published" in relay else total),
             created_at=doc["created_at"], started_at=doc.get("started_at"),
             completed_at=doc.get("completed_at"), updated_at=doc.get("updated_at"),
             output_csv_url=doc.get("output_csv_url"),
@@ -175,7 +181,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/api/v1/requests/{request_id}/products", response_model=list[ProductOut],
              tags=["requests"], responses={**errors, 422: PROBLEM})
-    async def get_products(request: Request, doc: Annotated[dict[str, Any], Depends(load)],
+    async def get_products(request: Request, doc: Found,
                            offset: int = Query(0, ge=0),
                            limit: int = Query(100, ge=1, le=1000)) -> list[ProductOut]:
         """Product rows in input order, with output URLs as far as processed."""
@@ -189,7 +195,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/api/v1/requests/{request_id}/output.csv", tags=["requests"],
              response_class=StreamingResponse,
              responses={200: {"content": {"text/csv": {}}}, **errors, 409: PROBLEM})
-    async def get_output_csv(request: Request, doc: Annotated[dict[str, Any], Depends(load)]
+    async def get_output_csv(request: Request, doc: Found
                              ) -> StreamingResponse:
         """The output CSV, built live from the database once the request is finished."""
         request_id = doc["_id"]
