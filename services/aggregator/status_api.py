@@ -158,14 +158,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     ).sort([("serial", 1), ("position", 1)]).limit(s.failures_listed)
                     ] if doc["failed"] else []  # the common case reads nothing more
         processed = doc["succeeded"] + doc["failed"]
-        total = doc["image_count"]
+        total: int = doc["image_count"]
         hook = doc.get("webhook") or {}
         relay: dict[str, Any] = doc.get("relay") or {}
         return RequestStatus(
             request_id=doc["_id"], status=doc["status"], product_count=doc["product_count"],
             image_count=total, succeeded=doc["succeeded"], failed=doc["failed"],
             processed=processed, progress=round(processed / total, 4) if total else 1.0,
-            published=int(relay["published"] if "published" in relay else total),
+            published=int(relay.get("published", total)),
             created_at=doc["created_at"], started_at=doc.get("started_at"),
             completed_at=doc.get("completed_at"), updated_at=doc.get("updated_at"),
             output_csv_url=doc.get("output_csv_url"),
