@@ -1,6 +1,6 @@
 """Secrets never reach a log: after a request whose webhook URL carries a
-password and a token, no service's log holds either, nor any secret the
-services were configured with."""
+password and a token, no service's log holds either, nor the API key, the
+tenant's webhook secret or any secret the services were configured with."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ import uuid
 
 import pytest
 
-from tests.conftest import HttpServer, Pipeline
+from shared.tenants import parse_token
+from tests.conftest import WEBHOOK_SECRET, HttpServer, Pipeline
 from tests.flows import catalog, upload, wait_finished
 from tests.imagecorpus import encode, photo
 
 pytestmark = pytest.mark.stack
-CONFIGURED = ("IMGPIPE_WEBHOOK_SECRET", "IMGPIPE_CALLBACK_SECRET", "IMGPIPE_S3_SECRET_KEY")
+CONFIGURED = ("IMGPIPE_CALLBACK_SECRET", "IMGPIPE_S3_SECRET_KEY")
 
 
 def test_no_secret_in_any_services_log(pipeline: Pipeline, http_server: HttpServer) -> None:
@@ -36,8 +37,14 @@ def test_no_secret_in_any_services_log(pipeline: Pipeline, http_server: HttpServ
     assert password not in str(shown) and token not in str(shown)
     [note] = [r for r in http_server.received if token in r["path"]]  # it did get through
 
-    secrets = [password, token, *(pipeline.env[k] for k in CONFIGURED if pipeline.env.get(k))]
-    assert len(secrets) == 2 + len(CONFIGURED)
+    # The API key (its secret part too) and the tenant's webhook secret as well.
+    parsed = parse_token(pipeline.key)
+    assert parsed is not None
+    api_secret = parsed[1]
+    secrets = [password, token, pipeline.key, api_secret, WEBHOOK_SECRET,
+               WEBHOOK_SECRET.removeprefix("whsec_"),
+               *(pipeline.env[k] for k in CONFIGURED if pipeline.env.get(k))]
+    assert len(secrets) == 6 + len(CONFIGURED)
     for svc in pipeline.running.items:
         assert svc.log_path is not None
         text = svc.log_path.read_text(errors="replace")
