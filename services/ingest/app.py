@@ -135,7 +135,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         with Retry-After)."""
         deps: Deps = request.app.state.deps
         uploads.take(tenant.key_id)
-        await check_active(deps, tenant.id)
+        if s.max_active_requests > 0:
+            await check_active(s, deps.store, tenant.id)
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             return problem(415, "unsupported_media_type",
                            "send the CSV as multipart/form-data in a field named 'file'")
@@ -212,18 +213,16 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-async def check_active(deps: Deps, tenant: str) -> None:
+async def check_active(s: Settings, store: Store, tenant: str) -> None:
     """At most ``max_active_requests`` of a tenant's requests in progress at
     once (counted in MongoDB: the same answer from every ingest replica)."""
-    limit = deps.settings.max_active_requests
-    if limit <= 0:
-        return
-    active = await deps.store.requests.count_documents(
+    limit = s.max_active_requests
+    active = await store.requests.count_documents(
         {"tenant": tenant, "status": {"$in": ACTIVE_OR_RECEIVING}}, limit=limit)
     if active >= limit:
         raise RateLimited(f"{active} of your requests are still in progress (the most "
                           f"allowed at once is {limit}): upload again when one has finished",
-                          retry_after=deps.settings.active_retry_after_seconds)
+                          retry_after=s.active_retry_after_seconds)
 
 
 def accepted_body(s: Settings, a: Accepted) -> JSONResponse:

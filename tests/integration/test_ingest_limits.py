@@ -12,6 +12,7 @@ import pytest
 from services.ingest.app import create_app
 from services.ingest.limits import parse_content_length
 from services.ingest.settings import Settings
+from shared.tenants import Tenant
 from tests.conftest import Pipeline
 
 UPLOAD = "/api/v1/requests"
@@ -51,6 +52,7 @@ def test_413_comes_while_the_body_is_still_arriving(pipeline: Pipeline) -> None:
     for (or spool) the rest. The body here is never finished."""
     port = int(pipeline.ingest_url.rsplit(":", 1)[1])
     head = (b"POST /api/v1/requests HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            b"Authorization: Bearer " + pipeline.key.encode() + b"\r\n"
             b"Content-Type: multipart/form-data; boundary=b\r\n\r\n")
     with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
         sock.sendall(head)
@@ -101,9 +103,17 @@ async def test_content_length_is_parsed_safely(length: str, status: int, code: s
     assert resp.json()["errors"][0]["code"] == code
 
 
+class AnyKey:
+    """Lets every call in (these tests are about the body, read after the key)."""
+
+    async def tenant(self, token: str | None) -> Tenant:
+        return Tenant("t", "k")
+
+
 async def test_a_chunked_body_is_cut_off_at_the_limit_not_spooled_whole() -> None:
-    app = create_app(Settings(max_upload_bytes=1000))
-    app.state.deps = object()
+    app = create_app(Settings(max_upload_bytes=1000, max_active_requests=0))
+    app.state.deps = object()  # never reached (no limit of requests in progress to count)
+    app.state.auth = AnyKey()
     consumed = 0
 
     async def body() -> AsyncIterator[bytes]:

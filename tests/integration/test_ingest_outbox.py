@@ -243,7 +243,7 @@ async def test_a_key_still_being_received_says_retry_and_an_abandoned_one_is_tak
     now = await db_now(deps.store)
     await deps.store.requests.insert_one(new_request_doc(
         "live", product_count=3, image_count=6, webhook_url=None, created_at=now,
-        filename=None, idempotency_key="k2", file_sha256=sha) | {"updated_at": now})
+        filename=None, idempotency_key="k2", file_sha256=sha, tenant="t") | {"updated_at": now})
     with pytest.raises(IdempotencyInProgress) as err:
         await accept(deps, 3, key="k2")
     assert err.value.retry_after
