@@ -11,14 +11,16 @@ within a request has one event per distinct URL (per ``MAX_ALSO + 1``
 positions), which lists the positions it covers (``also``); covered positions
 count as published but cost no credit (``relay_read.py``, ``repeats.py``).
 
-Fairness: the relay works in rounds over every request with events left, in
-arrival order, and gives each at most ``relay_batch`` events a round, and only
-while it has fewer than ``relay_window`` image events published but not yet
-done (its credits come back as its images finish; see :func:`in_flight`). So
-a small request is published whole in its first round and never waits behind
-a big one's backlog, and
-Kafka never holds more than ``relay_max_in_flight`` unfinished images in all,
-whatever arrives.
+Fairness: the relay works in rounds over every request with events left,
+taking the tenants in turn (each tenant's first request, then each one's
+second, ..., tenants and their requests in arrival order), and gives each
+request at most ``relay_batch`` events a round, and only while it has fewer
+than ``relay_window`` image events published but not yet done (its credits
+come back as its images finish; see :func:`in_flight`) and its tenant fewer
+than ``relay_tenant_window``. So a small request is published whole in its
+first round and never waits behind a big one's backlog, a tenant with many
+requests does not crowd out one with a few, and Kafka never holds more than
+``relay_max_in_flight`` unfinished images in all, whatever arrives.
 
 One relay is active at a time: the ingest instance holding the ``relay``
 lease (database clock); the others wait to take over. The lease holder also
@@ -34,8 +36,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -65,7 +69,7 @@ LEASE_ID = "relay"
 SWEEP_EVERY_SECONDS = 10.0
 WORK_FIELDS = {"relay": 1, "succeeded": 1, "failed": 1, "covered": 1, "image_count": 1,
                "product_count": 1, "page_rows": 1, "created_at": 1, "webhook_url": 1,
-               "filename": 1}
+               "filename": 1, "tenant": 1}
 
 
 @dataclass
@@ -152,17 +156,21 @@ class Relay:
             {RELAY_PENDING: True}, WORK_FIELDS).sort("created_at", 1).limit(s.relay_max_active)]
         if not work:
             return 0
-        # Unfinished images of every active request, those fully published too.
-        unfinished = sum([in_flight(doc) async for doc in self.store.requests.find(
-            ACTIVE, {"relay.published": 1, "relay.covered": 1, "succeeded": 1, "failed": 1,
-                     "covered": 1})])
-        budget = s.relay_max_in_flight - unfinished
+        # Unfinished images of every active request (fully published ones too), by tenant.
+        tenant_load: Counter[str | None] = Counter()
+        async for active in self.store.requests.find(ACTIVE, {
+                "relay.published": 1, "relay.covered": 1, "succeeded": 1, "failed": 1,
+                "covered": 1, "tenant": 1}):
+            tenant_load[active.get("tenant")] += in_flight(active)
+        budget = s.relay_max_in_flight - sum(tenant_load.values())
         sent = passed = 0
         now = asyncio.get_running_loop().time()
-        for doc in work:
+        for doc in tenants_in_turn(work):
             if self._held.get(doc["_id"], (0, now))[1] > now:
                 continue  # failed lately: waiting out its backoff
-            credit = min(s.relay_window - in_flight(doc), s.relay_batch, budget)
+            tenant = doc.get("tenant")
+            credit = min(s.relay_window - in_flight(doc), s.relay_batch, budget,
+                         s.relay_tenant_window - tenant_load[tenant])
             try:
                 n, advanced = await self.relay_one(doc, max(0, credit))
             except Exception as exc:
@@ -172,6 +180,7 @@ class Relay:
                 continue
             self._held.pop(doc["_id"], None)
             sent, passed, budget = sent + n, passed + advanced, budget - n
+            tenant_load[tenant] += n
         self.published += sent
         return passed
 
@@ -234,6 +243,15 @@ class Relay:
         if dropped:
             log.warning("dropped %s upload(s) abandoned while being received", dropped)
         return dropped
+
+
+def tenants_in_turn(work: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``work`` (in arrival order) reordered so the tenants take turns: each
+    tenant's first request, then each one's second, and so on."""
+    queues: dict[str | None, list[dict[str, Any]]] = {}
+    for doc in work:
+        queues.setdefault(doc.get("tenant"), []).append(doc)
+    return [doc for turn in itertools.zip_longest(*queues.values()) for doc in turn if doc]
 
 
 def in_flight(doc: dict[str, Any]) -> int:

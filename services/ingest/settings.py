@@ -43,6 +43,7 @@ class Settings(CommonSettings):
 
     # The relay (services/ingest/relay.py): fair publication of stored requests.
     relay_window: int = 128  # images published but unfinished, per request
+    relay_tenant_window: int = 1000  # the same, per tenant (all its requests)
     relay_batch: int = 256  # events per request per round
     relay_max_in_flight: int = 4000  # images published but unfinished, in all
     relay_max_active: int = 1000  # requests looked at per round

@@ -101,9 +101,10 @@ def csv_of(rows: int, urls_per_row: int = 2) -> CountingStream:
     return CountingStream(("\n".join(lines) + "\n").encode())
 
 
-async def accept(deps: Deps, rows: int, key: str | None = None, urls_per_row: int = 2) -> Any:
-    return await accept_upload(deps, csv_of(rows, urls_per_row), tenant="t", filename="f.csv",
-                               webhook_url=None, idempotency_key=key)
+async def accept(deps: Deps, rows: int, key: str | None = None, urls_per_row: int = 2,
+                 tenant: str = "t") -> Any:
+    return await accept_upload(deps, csv_of(rows, urls_per_row), tenant=tenant,
+                               filename="f.csv", webhook_url=None, idempotency_key=key)
 
 
 async def relay_all(relay: Relay, rounds: int = 1000) -> None:
@@ -179,6 +180,36 @@ async def test_a_small_request_is_not_held_behind_a_big_ones_backlog(deps: Deps)
     await relay_all(relay)
     assert sum(isinstance(e, ImageRequested) and e.request_id == big.request_id
                for e in recorded(deps)) == 70
+
+
+def published_by_request(deps: Deps) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for e in recorded(deps):
+        if isinstance(e, ImageRequested):
+            counts[e.request_id] = counts.get(e.request_id, 0) + 1
+    return counts
+
+
+async def test_tenants_take_turns_so_one_with_many_requests_crowds_out_no_one(
+        deps: Deps) -> None:
+    many = [(await accept(deps, 100, tenant="many")).request_id for _ in range(3)]
+    few = (await accept(deps, 2, tenant="few")).request_id  # 4 images, last to arrive
+    # Room for 60 unfinished images in all: the tenants' first requests go first.
+    await relay_all(relay_of(deps, relay_window=100, relay_batch=50, relay_max_in_flight=60))
+    assert published_by_request(deps) == {many[0]: 50, few: 4, many[1]: 6}
+
+
+async def test_a_tenant_has_a_window_of_its_own_over_all_its_requests(deps: Deps) -> None:
+    many = [(await accept(deps, 100, tenant="many")).request_id for _ in range(3)]
+    few = (await accept(deps, 2, tenant="few")).request_id
+    relay = relay_of(deps, relay_window=100, relay_batch=50, relay_max_in_flight=1000,
+                     relay_tenant_window=120)
+    await relay_all(relay)
+    assert published_by_request(deps) == {many[0]: 50, few: 4, many[1]: 50, many[2]: 20}
+    # Its images finishing give the tenant its credit back.
+    await deps.store.requests.update_one({"_id": many[1]}, {"$set": {"succeeded": 30}})
+    await relay_all(relay)
+    assert sum(published_by_request(deps)[r] for r in many) == 150
 
 
 async def test_a_request_that_cannot_be_relayed_waits_out_a_backoff_and_holds_up_no_one(
