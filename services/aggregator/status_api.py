@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from services.aggregator.settings import Settings
 from shared import problems
 from shared.errors import PermanentError
+from shared.links import OutputLinks, output_csv_link
 from shared.logs import setup_logging
 from shared.mongo import Store, make_client, mongo_health
 from shared.outputcsv import iter_output_csv
@@ -98,6 +99,7 @@ class ProductOut(BaseModel):
 def create_app(settings: Settings | None = None) -> FastAPI:
     s = settings or Settings()
     setup_logging("status-api", s.log_level)
+    links = OutputLinks(s)  # output links handed out: presigned (shared/links.py)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -133,7 +135,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/api/v1/requests/{request_id}", response_model=RequestStatus, tags=["requests"],
              responses={404: PROBLEM, 500: PROBLEM, 503: PROBLEM})
     async def get_status(request: Request, request_id: str) -> RequestStatus:
-        """Status, counts, progress, failures and (when finished) the output CSV URL."""
+        """Status, counts, progress, failures and (once stored) the output CSV link."""
         doc = await load(request, request_id)
         store: Store = request.app.state.store
         failures = [Failure(serial=f["serial"], position=f["position"], url=f["input_url"],
@@ -153,7 +155,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             published=int((doc.get("relay") or {}).get("published", total)),
             created_at=doc["created_at"], started_at=doc.get("started_at"),
             completed_at=doc.get("completed_at"), updated_at=doc.get("updated_at"),
-            output_csv_url=doc.get("output_csv_url"),
+            output_csv_url=output_csv_link(s, doc["_id"], doc.get("output_csv_url")),
             output_csv_error=doc.get("output_csv_error"), relay_error=doc.get("relay_error"),
             failures=failures,
             failure_count=doc["failed"],
@@ -169,12 +171,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def get_products(request: Request, request_id: str,
                            offset: int = Query(0, ge=0),
                            limit: int = Query(100, ge=1, le=1000)) -> list[ProductOut]:
-        """Product rows in input order, with output URLs as far as processed."""
+        """Product rows in input order, with output links (presigned) as far as processed."""
         doc = await load(request, request_id)
         products = iter_products(request.app.state.store, doc, start=offset, limit=limit)
         try:
             return [ProductOut(serial=p.serial, name=p.name, input_urls=p.input_urls,
-                               output_urls=p.output_urls) async for p in products]
+                               output_urls=links.links(p.output_urls)) async for p in products]
         except PermanentError as exc:
             raise server_error(exc) from exc
 
@@ -183,7 +185,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
              responses={200: {"content": {"text/csv": {}}}, 404: PROBLEM, 409: PROBLEM,
                         500: PROBLEM})
     async def get_output_csv(request: Request, request_id: str) -> StreamingResponse:
-        """The output CSV, built live from the database once the request is finished."""
+        """The output CSV, built live (fresh output links) once the request is finished."""
         doc = await load(request, request_id)
         if not is_finished(doc):
             raise HTTPException(409, detail={
@@ -194,7 +196,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except PermanentError as exc:
             raise server_error(exc) from exc
         return StreamingResponse(
-            iter_output_csv(request.app.state.store, doc), media_type="text/csv",
+            iter_output_csv(request.app.state.store, doc, links.link), media_type="text/csv",
             headers={"Content-Disposition": f'attachment; filename="{request_id}.csv"'})
 
     return app

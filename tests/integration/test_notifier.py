@@ -87,7 +87,7 @@ async def env(stack_env: dict[str, str], http_server: HttpServer) -> AsyncIterat
                  webhook_backoff_max=0.2, webhook_timeout=5.0, webhook_secret=WEBHOOK_SECRET)
     client = make_client(s)
     objects = CountingObjects(s)
-    await objects.ensure_bucket(public_read=True)
+    await objects.ensure_bucket()
     http = guarded_session(NetPolicy.from_strings("127.0.0.0/8", "80,443"),
                            timeout=aiohttp.ClientTimeout(total=s.webhook_timeout))
     try:
