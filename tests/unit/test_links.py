@@ -11,7 +11,6 @@ from pydantic import ValidationError
 
 from shared.links import OutputLinks, output_csv_link
 from shared.settings import CommonSettings
-from shared.storage import grants_everyone
 
 KEYS = {"s3_access_key": "AKIDEXAMPLE", "s3_secret_key": "wJalrXUtnFEMI/K7MDENG"}
 
@@ -109,14 +108,3 @@ def test_the_lifetime_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch
     assert CommonSettings().output_link_seconds == 120
     monkeypatch.delenv("IMGPIPE_OUTPUT_LINK_SECONDS")
     assert CommonSettings().output_link_seconds == 86400
-
-
-@pytest.mark.parametrize(("statement", "public"), [
-    ({"Effect": "Allow", "Principal": {"AWS": ["*"]}, "Action": ["s3:GetObject"]}, True),
-    ({"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "s3:GetObject"}, True),
-    ({"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject"}, True),
-    ({"Effect": "Deny", "Principal": "*", "Action": "s3:*"}, False),
-    ({"Effect": "Allow", "Principal": {"AWS": ["arn:aws:iam::1:root"]}, "Action": "*"}, False),
-])
-def test_public_grants_are_recognised(statement: dict[str, Any], public: bool) -> None:
-    assert grants_everyone(statement) is public
