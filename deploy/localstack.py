@@ -131,6 +131,8 @@ class LocalStack:
     # -- servers --------------------------------------------------------------
     def _start_s3(self, st: StackState) -> None:
         config = self.data / "s3-identities.json"
+        # One identity, with keys; no "anonymous" one: a request without a
+        # signature is refused (403), so the output bucket is private.
         _write_private(config, json.dumps({"identities": [{
             "name": "imgpipe",
             "credentials": [{"accessKey": st.access_key, "secretKey": st.secret_key}],

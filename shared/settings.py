@@ -7,6 +7,9 @@ credentials have no default in the repository: the local stack generates them.
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.netguard import NetPolicy
@@ -40,9 +43,18 @@ class CommonSettings(BaseSettings):
     s3_access_key: str = ""
     s3_secret_key: str = ""
     output_bucket: str = "imgpipe-output"
-    # Base URL under which objects of the output bucket are publicly readable.
-    # Empty: derived from the S3 endpoint (http(s)://endpoint/bucket).
+    # Base of the canonical object URLs stored in the database and in the
+    # archived output CSV (<base>/<key>). They identify an object; they do not
+    # open it (the bucket is private): clients get presigned links
+    # (shared/links.py). Empty: derived from the S3 endpoint
+    # (http(s)://endpoint/bucket). Keep it stable: stored URLs depend on it.
     public_base_url: str = ""
+    # Where clients reach the S3 API (http(s)://host[:port]): output links are
+    # signed for this endpoint. Empty: the services' own (s3_endpoint).
+    s3_public_endpoint: str = ""
+    # Lifetime of each output link, minted when it is handed out
+    # (1 s to 7 days, the SigV4 maximum).
+    output_link_seconds: int = Field(default=86400, ge=1, le=604800)
 
     # Outbound HTTP policy (image fetches and webhooks).
     fetch_allow_networks: str = ""
@@ -57,6 +69,18 @@ class CommonSettings(BaseSettings):
     api_key_cache_seconds: float = 5.0
 
     log_level: str = "INFO"
+
+    @field_validator("s3_public_endpoint")
+    @classmethod
+    def _endpoint_without_path(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if not value:
+            return ""
+        url = urlsplit(value)
+        if url.scheme not in ("http", "https") or not url.netloc or url.path or url.query:
+            raise ValueError("IMGPIPE_S3_PUBLIC_ENDPOINT must be http(s)://host[:port], "
+                             f"without a path: {value!r}")
+        return value
 
     def status_url(self, request_id: str) -> str:
         return f"{self.status_base_url.rstrip('/')}/api/v1/requests/{request_id}"

@@ -10,8 +10,30 @@ from typing import Any
 
 import httpx
 
+from shared.csvtable import URL_SEPARATOR
 from shared.requests import TERMINAL_STATUSES
+from shared.settings import CommonSettings
 from tests.conftest import HttpServer
+
+
+def settings_of(env: dict[str, str]) -> CommonSettings:
+    """The settings a service started with ``env`` (IMGPIPE_* variables) has."""
+    fields: dict[str, Any] = {k.removeprefix("IMGPIPE_").lower(): v for k, v in env.items()
+                              if k.startswith("IMGPIPE_")}
+    return CommonSettings(**fields)
+
+
+def unsigned(url: str) -> str:
+    """A handed-out link without its query string (a presigned link's signature):
+    the canonical object URL stored for it."""
+    return url.split("?", 1)[0]
+
+
+def unsigned_table(rows: list[list[str]]) -> list[list[str]]:
+    """An output CSV's rows (header first) with its output links unsigned: the
+    table the notifier archives, with canonical URLs."""
+    return rows[:1] + [[*r[:3], URL_SEPARATOR.join(unsigned(u.strip()) for u in r[3].split(","))]
+                       for r in rows[1:]]
 
 
 def catalog(http_server: HttpServer, tag: str, rows: int) -> tuple[str, list[str]]:
@@ -45,10 +67,12 @@ def wait_finished(client: httpx.Client, status_url: str, *, within: float) -> di
 
 
 def output_rows(client: httpx.Client, status_url: str) -> list[list[str]]:
-    """The output CSV's rows (header first), as the status API serves it."""
+    """The output CSV's rows (header first), as the status API serves it, with
+    its output links unsigned (presigned links differ by when they were minted,
+    so two downloads compare equal only without the signatures)."""
     resp = client.get(f"{status_url}/output.csv")
     assert resp.status_code == 200, resp.text
-    return list(csv.reader(io.StringIO(resp.content.decode("utf-8-sig"))))
+    return unsigned_table(list(csv.reader(io.StringIO(resp.content.decode("utf-8-sig")))))
 
 
 def assert_complete_in_order(rows: list[list[str]], urls: list[str]) -> None:

@@ -17,6 +17,7 @@ from services.aggregator.settings import Settings
 from shared import problems
 from shared.auth import Authenticator, CurrentTenant, RateLimit
 from shared.errors import PermanentError
+from shared.links import OutputLinks, output_csv_link
 from shared.logs import setup_logging
 from shared.mongo import Store, make_client, mongo_health
 from shared.outputcsv import iter_output_csv
@@ -115,6 +116,7 @@ Found = Annotated[dict[str, Any], Depends(load)]
 def create_app(settings: Settings | None = None) -> FastAPI:
     s = settings or Settings()
     setup_logging("status-api", s.log_level)
+    links = OutputLinks(s)  # output links handed out: presigned (shared/links.py)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -148,7 +150,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
              responses=errors)
     async def get_status(request: Request,
                          doc: Found) -> RequestStatus:
-        """Status, counts, progress, failures and (when finished) the output CSV URL."""
+        """Status, counts, progress, failures and (once stored) the output CSV link."""
         store: Store = request.app.state.store
         failures = [Failure(serial=f["serial"], position=f["position"], url=f["input_url"],
                             error_code=f.get("error_code"),
@@ -168,7 +170,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             published=int(relay.get("published", total)),
             created_at=doc["created_at"], started_at=doc.get("started_at"),
             completed_at=doc.get("completed_at"), updated_at=doc.get("updated_at"),
-            output_csv_url=doc.get("output_csv_url"),
+            output_csv_url=output_csv_link(s, doc["_id"], doc.get("output_csv_url")),
             output_csv_error=doc.get("output_csv_error"), relay_error=doc.get("relay_error"),
             failures=failures,
             failure_count=doc["failed"],
@@ -184,20 +186,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def get_products(request: Request, doc: Found,
                            offset: int = Query(0, ge=0),
                            limit: int = Query(100, ge=1, le=1000)) -> list[ProductOut]:
-        """Product rows in input order, with output URLs as far as processed."""
+        """Product rows in input order, with output links (presigned) as far as processed."""
         products = iter_products(request.app.state.store, doc, start=offset, limit=limit)
         try:
             return [ProductOut(serial=p.serial, name=p.name, input_urls=p.input_urls,
-                               output_urls=p.output_urls) async for p in products]
+                               output_urls=links.links(p.output_urls)) async for p in products]
         except PermanentError as exc:
             raise server_error(exc) from exc
 
     @app.get("/api/v1/requests/{request_id}/output.csv", tags=["requests"],
              response_class=StreamingResponse,
              responses={200: {"content": {"text/csv": {}}}, **errors, 409: PROBLEM})
-    async def get_output_csv(request: Request, doc: Found
-                             ) -> StreamingResponse:
-        """The output CSV, built live from the database once the request is finished."""
+    async def get_output_csv(request: Request, doc: Found) -> StreamingResponse:
+        """The output CSV, built live (fresh output links) once the request is finished."""
         request_id = doc["_id"]
         if not is_finished(doc):
             raise HTTPException(409, detail={
@@ -208,7 +209,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except PermanentError as exc:
             raise server_error(exc) from exc
         return StreamingResponse(
-            iter_output_csv(request.app.state.store, doc), media_type="text/csv",
+            iter_output_csv(request.app.state.store, doc, links.link), media_type="text/csv",
             headers={"Content-Disposition": f'attachment; filename="{request_id}.csv"'})
 
     return app

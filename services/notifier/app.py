@@ -24,7 +24,7 @@ async def main(settings: Settings | None = None) -> None:
     setup_logging("notifier", s.log_level)
     await ensure_topics(s)
     objects = ObjectStore(s)
-    await objects.ensure_bucket(public_read=True)
+    await objects.ensure_bucket()
     client = make_client(s)
     publisher = EventPublisher(s, client_id="imgpipe-notifier")
     await publisher.start()

@@ -35,6 +35,7 @@ from services.notifier.settings import Settings
 from shared import tenants, webhook_signing
 from shared.errors import ImgpipeError, PermanentError, TransientError
 from shared.events import RequestCompleted, now_utc
+from shared.links import output_csv_link
 from shared.logs import request_id_var
 from shared.mongo import Store, db_now
 from shared.outputcsv import write_output_csv
@@ -114,7 +115,9 @@ def payload(s: Settings, ev: RequestCompleted, csv_url: str) -> dict[str, Any]:
             "event_id": ev.event_id,
             "request_id": ev.request_id, "status": ev.status, "total": ev.total,
             "succeeded": ev.succeeded, "failed": ev.failed,
-            "completed_at": ev.completed_at.isoformat(), "output_csv_url": csv_url,
+            "completed_at": ev.completed_at.isoformat(),
+            # The status API's output.csv (fresh links), not the archived object.
+            "output_csv_url": output_csv_link(s, ev.request_id, csv_url),
             "status_url": s.status_url(ev.request_id)}
 
 

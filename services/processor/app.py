@@ -41,7 +41,7 @@ async def main(settings: Settings | None = None) -> None:
     setup_logging("processor", s.log_level)
     await ensure_topics(s)
     store = ObjectStore(s)
-    await store.ensure_bucket(public_read=True)
+    await store.ensure_bucket()
     publisher = EventPublisher(s, client_id="imgpipe-processor")
     pool = EnginePool(engine_options(s), workers=s.engine_workers())
     await publisher.start()

@@ -3,17 +3,21 @@ output CSV and one webhook out."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import time
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import pytest
 from PIL import Image
 
 from services.processor.engine import estimate_quality
+from shared.storage import ObjectStore
 from tests.conftest import HttpServer, Pipeline
+from tests.flows import settings_of, unsigned_table
 from tests.imagecorpus import encode, photo, rgba_photo
 
 pytestmark = pytest.mark.stack
@@ -79,6 +83,8 @@ def test_csv_to_output_csv_and_webhook(pipeline: Pipeline, http_server: HttpServ
         assert failure["serial"] == 1 and failure["position"] == 2
         assert failure["error_code"] == "http_404" and failure["error_message"]
 
+        # output_csv_url: the status API's live CSV, with presigned output links.
+        assert status["output_csv_url"] == f"{status_url}/output.csv"
         table = list(csv.reader(io.StringIO(
             client.get(status["output_csv_url"]).content.decode("utf-8-sig"))))
         assert table[0] == ["S. No.", "Product Name", "Input Image Urls", "Output Image Urls"]
@@ -94,7 +100,7 @@ def test_csv_to_output_csv_and_webhook(pipeline: Pipeline, http_server: HttpServ
                     assert output == ""
                     continue
                 original = http_server.files[name_in][0]
-                body = client.get(output).content
+                body = httpx.get(output, timeout=30).content  # no key: a plain link
                 img = Image.open(io.BytesIO(body))
                 img.load()  # decodes
                 assert len(body) < len(original), (name_in, len(body), len(original))
@@ -102,10 +108,12 @@ def test_csv_to_output_csv_and_webhook(pipeline: Pipeline, http_server: HttpServ
                     assert img.format == "JPEG"
                     assert estimate_quality(img).quality == half(jpeg_qualities[name_in])
 
-        # The live CSV from the status API matches the stored one.
-        live = client.get(f"{status_url}/output.csv")
-        assert live.status_code == 200
-        assert list(csv.reader(io.StringIO(live.content.decode("utf-8-sig")))) == table
+        # The notifier's archived CSV (read with the service's keys) is the same
+        # table with the canonical, unsigned URLs.
+        archived = asyncio.run(ObjectStore(settings_of(pipeline.env)).get(
+            f"{accepted['request_id']}/output.csv"))
+        stored = list(csv.reader(io.StringIO(archived.decode("utf-8-sig"))))
+        assert stored == unsigned_table(table)
 
         hooked = poll(lambda: client.get(status_url).json()["webhook"],
                       lambda w: w["status"] == "delivered", timeout=60, what="the webhook")

@@ -3,6 +3,9 @@ database has the same status, products and output CSV (byte for byte)."""
 
 from __future__ import annotations
 
+import asyncio
+import csv
+import io
 import os
 import subprocess
 import sys
@@ -13,8 +16,9 @@ from typing import Any
 import httpx
 import pytest
 
+from shared.storage import ObjectStore
 from tests.conftest import HttpServer, bearer, running_pipeline
-from tests.flows import wait_finished
+from tests.flows import settings_of, unsigned, unsigned_table, wait_finished
 from tests.imagecorpus import encode, photo
 
 pytestmark = pytest.mark.stack
@@ -30,12 +34,20 @@ def rebuild(env: dict[str, str], *args: str, expect: int = 0) -> str:
     return done.stderr
 
 
-def snapshot(client: httpx.Client, status_url: str) -> tuple[dict[str, Any], Any, bytes]:
+def snapshot(client: httpx.Client, env: dict[str, str], status_url: str
+             ) -> tuple[dict[str, Any], Any, list[list[str]], bytes]:
+    """Status, products, live CSV (links unsigned: presigned links differ by
+    when they were minted) and the archived output CSV (canonical URLs), as bytes."""
     status = wait_finished(client, status_url, within=120)
     products = client.get(f"{status_url}/products", params={"limit": 1000}).json()
-    csv = client.get(f"{status_url}/output.csv")
-    assert csv.status_code == 200
-    return {k: status.get(k) for k in SAME}, products, csv.content
+    for p in products:
+        p["output_urls"] = [u and unsigned(u) for u in p["output_urls"]]
+    live = client.get(f"{status_url}/output.csv")
+    assert live.status_code == 200
+    rows = unsigned_table(list(csv.reader(io.StringIO(live.content.decode("utf-8-sig")))))
+    archived = asyncio.run(ObjectStore(settings_of(env)).get(
+        f"{status_url.rsplit('/', 1)[1]}/output.csv"))
+    return {k: status.get(k) for k in SAME}, products, rows, archived
 
 
 def test_a_request_rebuilt_from_its_events_into_an_empty_database_is_the_same(
@@ -59,7 +71,7 @@ def test_a_request_rebuilt_from_its_events_into_an_empty_database_is_the_same(
                                    data={"webhook_url": url("hook")})
             assert accepted.status_code == 202, accepted.text
             rid = accepted.json()["request_id"]
-            before = snapshot(client, f"{first.status_url}/api/v1/requests/{rid}")
+            before = snapshot(client, env, f"{first.status_url}/api/v1/requests/{rid}")
         assert before[0]["status"] == "COMPLETED_WITH_ERRORS" and before[0]["failed"] == 1
 
         empty = {**env, "IMGPIPE_MONGO_DB": f"rb{tag}x"}  # same topics, a new database
@@ -70,9 +82,10 @@ def test_a_request_rebuilt_from_its_events_into_an_empty_database_is_the_same(
             assert client.get(status_url).status_code == 404
             assert "no request.created" in rebuild(empty, "--request-id", "no-such", expect=2)
             rebuild(empty, "--request-id", rid)
-            after = snapshot(client, status_url)
+            after = snapshot(client, empty, status_url)
             # Rebuilding twice is refused: the request is there now.
             assert "is in the database" in rebuild(empty, "--request-id", rid, expect=2)
     assert after[0] == before[0]
     assert after[1] == before[1]
-    assert after[2] == before[2]  # the output CSV, byte for byte
+    assert after[2] == before[2]  # the live output CSV, links unsigned
+    assert after[3] == before[3]  # the archived output CSV, byte for byte

@@ -87,7 +87,7 @@ async def env(stack_env: dict[str, str], http_server: HttpServer) -> AsyncIterat
                  webhook_backoff_max=0.2, webhook_timeout=5.0, webhook_secret=WEBHOOK_SECRET)
     client = make_client(s)
     objects = CountingObjects(s)
-    await objects.ensure_bucket(public_read=True)
+    await objects.ensure_bucket()
     http = guarded_session(NetPolicy.from_strings("127.0.0.0/8", "80,443"),
                            timeout=aiohttp.ClientTimeout(total=s.webhook_timeout))
     try:
@@ -312,10 +312,11 @@ async def test_the_output_csv_is_stored_once_and_recorded(env: Env) -> None:
     assert env.deps.objects.puts == 1
     doc = await env.store.requests.find_one({"_id": ev.request_id})
     assert doc is not None
-    url = doc["output_csv_url"]
-    assert url.endswith(f"{ev.request_id}/output.csv")
+    url = doc["output_csv_url"]  # the archived object's canonical URL
+    assert url == env.deps.objects.object_url(f"{ev.request_id}/output.csv")
     async with httpx.AsyncClient() as client:
-        csv = (await client.get(url)).content.decode("utf-8-sig")
+        assert (await client.get(url)).status_code == 403  # private: not without a key
+    csv = (await env.deps.objects.get(f"{ev.request_id}/output.csv")).decode("utf-8-sig")
     assert csv.splitlines()[1] == "1,Shoe,http://in/a.jpg,http://out/a.jpg"
     assert env.server.received == []  # no webhook URL, nothing sent
 
@@ -343,3 +344,14 @@ async def test_a_completion_from_before_a_reset_is_ignored(env: Env) -> None:
         {"$set": {"completed_at": ev.completed_at + timedelta(seconds=30)}})
     await on_request_completed(env.deps, ev)
     assert env.server.received == []
+
+
+async def test_the_webhook_links_the_status_apis_output_csv(env: Env) -> None:
+    """Not the archived object (private): the status API's output.csv, which
+    hands out fresh links on every download."""
+    ev = await env.request()
+    await on_request_completed(env.deps, ev)
+    [note] = env.server.received
+    status_url = env.deps.settings.status_url(ev.request_id)
+    assert note["json"]["output_csv_url"] == f"{status_url}/output.csv"
+    assert note["json"]["status_url"] == status_url

@@ -42,6 +42,7 @@ globalThis.fetch = async url => {
 RUNNING = {"status": "PROCESSING", "processed": 1, "image_count": 2, "succeeded": 1,
            "failed": 0, "failures": [], "output_csv_url": None}
 DONE = {**RUNNING, "status": "COMPLETED", "processed": 2, "succeeded": 2}
+CSV_LINK = "http://127.0.0.1:8001/api/v1/requests/r1/output.csv"  # the status API's
 
 
 def run(responses: list[tuple[int, Any]]) -> dict[str, Any]:
@@ -66,7 +67,7 @@ def test_a_404_shows_the_error_and_stops() -> None:
 
 def test_a_5xx_keeps_polling_until_the_csv_is_there() -> None:
     r = run([(200, RUNNING), (503, None), (500, {"detail": "boom"}),
-             (200, {**DONE, "output_csv_url": "http://s3/r1/output.csv"}), (200, DONE)])
+             (200, {**DONE, "output_csv_url": CSV_LINK}), (200, DONE)])
     assert r["error"] is None and r["left"] == 1
     assert "Download the output CSV" in r["html"]
 
