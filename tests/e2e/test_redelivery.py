@@ -166,9 +166,10 @@ def test_every_event_of_a_finished_request_published_again_changes_nothing(
     with pipeline.client(timeout=30) as client:
         accepted = upload(client, pipeline.ingest_url, body, http_server.url("hook"))
         rid, status_url = accepted["request_id"], accepted["status_url"]
-        first = wait_finished(client, status_url, within=120)
-        before = output_rows(client, status_url)
+        wait_finished(client, status_url, within=120)
         wait_delivered(client, status_url)
+        first = client.get(status_url).json()  # settled: finished, CSV stored, delivered
+        before = output_rows(client, status_url)
 
         # The relay publishes the whole request again, as after a crash that
         # lost its cursor: request.created and every image event.
