@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
+from shared.requests import TERMINAL_STATUSES
 from shared.signing import sign
 from tests.conftest import Pipeline
 
@@ -68,7 +69,7 @@ def test_callbacks_complete_a_request(pipeline: Pipeline, silent_host: str) -> N
     status: dict[str, Any] = {}
     while time.monotonic() < deadline:
         status = pipeline.http.get(f"{pipeline.status_url}/api/v1/requests/{rid}").json()
-        if status["status"] != "QUEUED" and status["processed"] == 2:
+        if status["status"] in TERMINAL_STATUSES:  # counted, then finished: two updates
             break
         time.sleep(0.3)
     assert status["status"] == "COMPLETED_WITH_ERRORS", status
@@ -96,7 +97,7 @@ def test_a_callback_for_a_covered_position_applies_to_that_position_only(
     status: dict[str, Any] = {}
     while time.monotonic() < deadline:
         status = pipeline.http.get(f"{pipeline.status_url}/api/v1/requests/{rid}").json()
-        if status["processed"] == 3:
+        if status["status"] in TERMINAL_STATUSES:
             break
         time.sleep(0.3)
     assert (status["status"], status["succeeded"], status["failed"]) == ("COMPLETED", 3, 0)
