@@ -4,19 +4,15 @@ rotation, with the new one alone after it."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 import uuid
 from typing import Any
 
 import pytest
 
-from deploy import services
 from shared import webhook_signing
 from shared.signing import SignatureInvalid
-from tests.conftest import WEBHOOK_SECRET, HttpServer, Pipeline
+from tests.conftest import WEBHOOK_SECRET, HttpServer, Pipeline, keys_cli
 from tests.flows import catalog, upload
 from tests.imagecorpus import encode, photo
 
@@ -47,13 +43,6 @@ def verifies(note: dict[str, Any], secret: str) -> bool:
     return True
 
 
-def keys_cli(pipeline: Pipeline, *args: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "deploy.keys", *args], check=True,
-                          env={**os.environ, **pipeline.env}, capture_output=True, text=True,
-                          timeout=60, cwd=services.ROOT)
-    return done.stdout
-
-
 def test_a_tenants_webhooks_use_its_own_secret_through_a_rotation(
         pipeline: Pipeline, http_server: HttpServer) -> None:
     http_server.expect_unsigned = True  # it knows the pipeline's secret, not this tenant's
@@ -67,12 +56,13 @@ def test_a_tenants_webhooks_use_its_own_secret_through_a_rotation(
     note = delivered(pipeline, made["key"], http_server, f"{tag}a")
     assert verifies(note, first) and not verifies(note, WEBHOOK_SECRET)
 
-    rotated = keys_cli(pipeline, "rotate-webhook-secret", "--tenant", made["tenant"])
-    [second] = [w for w in rotated.split() if w.startswith("whsec_")]
+    rotated = keys_cli(pipeline.env, "rotate-webhook-secret", "--tenant", made["tenant"])
+    assert rotated.returncode == 0, rotated.stderr
+    [second] = [w for w in rotated.stdout.split() if w.startswith("whsec_")]
     note = delivered(pipeline, made["key"], http_server, f"{tag}b")
     assert verifies(note, first) and verifies(note, second)  # receivers move over
     assert len(note["headers"]["webhook-signature"].split()) == 2
 
-    keys_cli(pipeline, "finish-rotation", "--tenant", made["tenant"])
+    assert keys_cli(pipeline.env, "finish-rotation", "--tenant", made["tenant"]).returncode == 0
     note = delivered(pipeline, made["key"], http_server, f"{tag}c")
     assert verifies(note, second) and not verifies(note, first)

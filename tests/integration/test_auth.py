@@ -7,17 +7,13 @@ tenant's own."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 import uuid
 
 import httpx
 import pytest
 
-from deploy import services
-from tests.conftest import Pipeline, bearer
+from tests.conftest import Pipeline, bearer, keys_cli
 
 pytestmark = pytest.mark.stack
 CSV = "S. No.,Product Name,Input Image Urls\n1,Lamp,https://img.invalid/{tag}.jpg\n"
@@ -35,12 +31,6 @@ def call(base: str, method: str, path: str, headers: dict[str, str]) -> httpx.Re
     if method == "POST":
         return httpx.post(url, headers=headers, files={"file": ("p.csv", "x", "text/csv")})
     return httpx.get(url, headers=headers)
-
-
-def keys_cli(p: Pipeline, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "deploy.keys", *args],
-                          env={**os.environ, **p.env}, capture_output=True, text=True,
-                          timeout=60, check=False, cwd=services.ROOT)
 
 
 @pytest.mark.parametrize("auth", [
@@ -106,26 +96,26 @@ def test_keys_are_listed_without_secrets_and_a_revoked_key_stops_working(
     url = f"{pipeline.status_url}/api/v1/requests/{uuid.uuid4()}"
     assert httpx.get(url, headers=bearer(made["key"])).status_code == 404  # a valid key
 
-    listed = keys_cli(pipeline, "--json", "list", "--tenant", tenant)
+    listed = keys_cli(pipeline.env, "--json", "list", "--tenant", tenant)
     assert listed.returncode == 0, listed.stderr
     keys = json.loads(listed.stdout)["keys"]
     assert {k["key_id"] for k in keys} == {made["key_id"], second["key_id"]}
     assert made["key"] not in listed.stdout and "sha256" not in listed.stdout
     assert all(k["revoked_at"] == "" for k in keys)
 
-    revoked = keys_cli(pipeline, "revoke", made["key_id"])
+    revoked = keys_cli(pipeline.env, "revoke", made["key_id"])
     assert revoked.returncode == 0 and made["key_id"] in revoked.stdout
-    assert keys_cli(pipeline, "revoke", made["key_id"]).returncode == 1  # not live any more
+    assert keys_cli(pipeline.env, "revoke", made["key_id"]).returncode == 1  # not live any more
     deadline = time.monotonic() + 30  # a checked key is trusted a few seconds
     while (got := httpx.get(url, headers=bearer(made["key"]))).status_code != 401:
         assert got.status_code == 404 and time.monotonic() < deadline, got.text
         time.sleep(0.5)
     assert httpx.get(url, headers=bearer(second["key"])).status_code == 404  # still live
-    listed = json.loads(keys_cli(pipeline, "--json", "list", "--tenant", tenant).stdout)
+    listed = json.loads(keys_cli(pipeline.env, "--json", "list", "--tenant", tenant).stdout)
     assert [k["key_id"] for k in listed["keys"] if k["revoked_at"]] == [made["key_id"]]
 
 
 def test_the_cli_refuses_a_bad_tenant_id_with_how_to_fix_it(pipeline: Pipeline) -> None:
-    bad = keys_cli(pipeline, "create", "--tenant", "Not OK!")
+    bad = keys_cli(pipeline.env, "create", "--tenant", "Not OK!")
     assert bad.returncode == 2 and "lower-case letters" in bad.stderr
 
