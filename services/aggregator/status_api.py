@@ -136,7 +136,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     problems.install(app)  # every error as application/problem+json (shared/problems.py)
     app.state.reads = RateLimit(s.rate_status_per_second, s.rate_status_burst, "status reads")
 
-
     @app.get("/health", tags=["ops"])
     async def health(request: Request) -> JSONResponse:
         if not await mongo_health(request.app.state.store):

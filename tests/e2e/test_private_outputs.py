@@ -38,12 +38,17 @@ def assert_opens_an_image(link: str) -> None:
     assert img.format == "JPEG"
 
 
-def test_outputs_are_private_and_handed_out_as_presigned_links(
-        pipeline: Pipeline, http_server: HttpServer) -> None:
+def served(http_server: HttpServer, rows: int) -> str:
+    """A CSV of ``rows`` products whose images (JPEGs) ``http_server`` serves."""
     tag = uuid.uuid4().hex[:8]
     http_server.prefixes[f"{tag}/"] = (encode(photo((120, 90)), "JPEG", quality=85),
                                        "image/jpeg")
-    body, _ = catalog(http_server, tag, 2)
+    return catalog(http_server, tag, rows)[0]
+
+
+def test_outputs_are_private_and_handed_out_as_presigned_links(
+        pipeline: Pipeline, http_server: HttpServer) -> None:
+    body = served(http_server, 2)
     settings = settings_of(pipeline.env)
     with pipeline.client(timeout=30) as client:
         accepted = upload(client, pipeline.ingest_url, body)
@@ -82,10 +87,7 @@ def test_outputs_are_private_and_handed_out_as_presigned_links(
 
 def test_links_lapse_and_can_be_signed_for_another_host(
         pipeline: Pipeline, http_server: HttpServer) -> None:
-    tag = uuid.uuid4().hex[:8]
-    http_server.prefixes[f"{tag}/"] = (encode(photo((64, 48)), "JPEG", quality=80),
-                                       "image/jpeg")
-    body, _ = catalog(http_server, tag, 1)
+    body = served(http_server, 1)
     settings = settings_of(pipeline.env)
     with pipeline.client(timeout=30) as client:
         accepted = upload(client, pipeline.ingest_url, body)
